@@ -1,0 +1,1 @@
+//! CUDA driver backend (being written).
