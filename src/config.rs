@@ -59,9 +59,22 @@ impl fmt::Display for ConfigError {
                 "{}: key '{}' at position {}: {}",
                 self.source, k, self.position, self.message
             ),
-            None => write!(f, "{} at position {}: {}", self.source, self.position, self.message),
+            None => write!(
+                f,
+                "{} at position {}: {}",
+                self.source, self.position, self.message
+            ),
         }
     }
 }
 
 impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Divisions of `roundup_power2_divisions` that apply to a request of `size` bytes.
+    pub fn roundup_divisions_for(&self, size: u64) -> u64 {
+        let log = 63 - size.max(1).leading_zeros() as usize;
+        let idx = log.saturating_sub(20).min(ROUNDUP_POWER2_INTERVALS - 1);
+        self.roundup_power2_divisions[idx]
+    }
+}

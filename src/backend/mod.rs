@@ -9,8 +9,7 @@
 pub mod cuda;
 pub mod sim;
 
-
-
+pub use sim::{SimBackend, SimCounts};
 
 use crate::error::BackendError;
 

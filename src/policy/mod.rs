@@ -1,0 +1,902 @@
+//! The caching policy, pure: size rounding, pools, best fit, splitting, coalescing,
+//! stream-ordered reuse bookkeeping, garbage-collection and release choices.
+//!
+//! It never calls the driver and holds no pointers: segments are described by an address
+//! (an opaque number the backend gave), a size and a pool, blocks by an address and size.
+//! The front ([`crate::allocator`]) asks it what to do and carries that out against a
+//! [`Backend`](crate::backend::Backend).
+//!
+//! One [`StreamPools`] holds everything that belongs to one stream of one device. A block
+//! belongs to the stream it was allocated on for its whole life (as in PyTorch), so
+//! different streams never share a free list and can be served under different locks.
+
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeSet, VecDeque};
+
+use crate::backend::{EventId, StreamId};
+use crate::config::Config;
+use crate::stats::{self, BlockStats};
+
+/// Every block size is a multiple of this.
+pub const MIN_BLOCK_SIZE: u64 = 512;
+/// Requests up to this size are served from the small pool.
+pub const SMALL_SIZE: u64 = 1 << 20;
+/// Segment size of the small pool.
+pub const SMALL_BUFFER: u64 = 2 << 20;
+/// Segment size of the large pool for requests below [`MIN_LARGE_ALLOC`].
+pub const LARGE_BUFFER: u64 = 20 << 20;
+/// Requests at least this large get a segment of their own size (rounded to [`ROUND_LARGE`]).
+pub const MIN_LARGE_ALLOC: u64 = 10 << 20;
+/// Rounding of large segments.
+pub const ROUND_LARGE: u64 = 2 << 20;
+
+const NIL: u32 = u32::MAX;
+
+/// Which pool a block belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PoolKind {
+    /// Requests ≤ 1 MiB, 2 MiB segments.
+    Small,
+    /// Everything else.
+    Large,
+}
+
+impl PoolKind {
+    /// Index in a [`StatArray`](crate::stats::StatArray): 1 small, 2 large (0 is all).
+    #[inline]
+    pub fn stat_index(self) -> usize {
+        match self {
+            PoolKind::Small => 1,
+            PoolKind::Large => 2,
+        }
+    }
+
+    #[inline]
+    fn idx(self) -> usize {
+        self.stat_index() - 1
+    }
+
+    /// Name as PyTorch's snapshots spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolKind::Small => "small",
+            PoolKind::Large => "large",
+        }
+    }
+}
+
+/// PyTorch's `roundup_power2_next_division`: round `size` up to the next of `divisions`
+/// equal steps between two powers of two.
+fn roundup_power2_next_division(size: u64, divisions: u64) -> u64 {
+    if size.is_power_of_two() {
+        return size;
+    }
+    let floor = 1u64 << (63 - size.leading_zeros());
+    let step = floor >> (63 - divisions.leading_zeros());
+    if step == 0 {
+        return floor << 1;
+    }
+    let rounded_floor = size & !(step - 1);
+    if rounded_floor == size {
+        size
+    } else {
+        rounded_floor + step
+    }
+}
+
+/// The block size a request of `size` bytes takes (PyTorch's `round_size`).
+pub fn round_size(size: u64, cfg: &Config) -> u64 {
+    if size < MIN_BLOCK_SIZE {
+        return MIN_BLOCK_SIZE;
+    }
+    let divisions = cfg.roundup_divisions_for(size);
+    if divisions > 1 && size > MIN_BLOCK_SIZE * divisions {
+        roundup_power2_next_division(size, divisions)
+    } else {
+        size.div_ceil(MIN_BLOCK_SIZE) * MIN_BLOCK_SIZE
+    }
+}
+
+/// The pool a rounded size is served from.
+#[inline]
+pub fn pool_for(rounded: u64) -> PoolKind {
+    if rounded <= SMALL_SIZE {
+        PoolKind::Small
+    } else {
+        PoolKind::Large
+    }
+}
+
+/// Size of the segment to ask the driver for when no cached block fits.
+pub fn segment_size_for(rounded: u64) -> u64 {
+    if rounded <= SMALL_SIZE {
+        SMALL_BUFFER
+    } else if rounded < MIN_LARGE_ALLOC {
+        LARGE_BUFFER
+    } else {
+        rounded.div_ceil(ROUND_LARGE) * ROUND_LARGE
+    }
+}
+
+/// A request, with everything derived from its size computed once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Bytes the caller asked for.
+    pub requested: u64,
+    /// Block size looked for.
+    pub rounded: u64,
+    /// Pool it is served from.
+    pub pool: PoolKind,
+    /// Segment size to allocate when nothing cached fits.
+    pub segment_size: u64,
+}
+
+impl Request {
+    /// Derive a request from a caller's size (must be > 0).
+    pub fn new(size: u64, cfg: &Config) -> Request {
+        let rounded = round_size(size, cfg);
+        Request {
+            requested: size,
+            rounded,
+            pool: pool_for(rounded),
+            segment_size: segment_size_for(rounded),
+        }
+    }
+}
+
+/// Handle of a block inside one [`StreamPools`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockId(pub u32);
+
+/// Life state of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockState {
+    /// In the free set, available for reuse on this stream.
+    Free,
+    /// Handed out to a caller.
+    Allocated,
+    /// Freed by the caller, waiting for events on other streams that used it.
+    Pending,
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    addr: u64,
+    size: u64,
+    requested: u64,
+    seg: u32,
+    prev: u32,
+    next: u32,
+    state: BlockState,
+    pending_events: u32,
+    /// Value of the pool's lookup counter when the block became free (GC age base).
+    gc_base: u64,
+    /// Other streams that used this block (`record_stream`); capacity kept across reuse.
+    stream_uses: Vec<StreamId>,
+    live: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Segment {
+    addr: u64,
+    size: u64,
+    pool: PoolKind,
+    head: u32,
+    live: bool,
+}
+
+/// A block as reported to the outside (snapshots, summaries, invariant checks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockInfo {
+    /// Device address.
+    pub addr: u64,
+    /// Block size (rounded).
+    pub size: u64,
+    /// Bytes requested by the caller (0 when free).
+    pub requested: u64,
+    /// State.
+    pub state: BlockState,
+}
+
+/// A segment as reported to the outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Device address.
+    pub addr: u64,
+    /// Size.
+    pub size: u64,
+    /// Pool.
+    pub pool: PoolKind,
+    /// Stream the segment belongs to.
+    pub stream: StreamId,
+    /// Its blocks, in address order; they tile the segment.
+    pub blocks: Vec<BlockInfo>,
+}
+
+/// A segment the policy has let go of: the front returns it to the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReleasedSegment {
+    /// Device address.
+    pub addr: u64,
+    /// Size.
+    pub size: u64,
+    /// Pool it belonged to.
+    pub pool: PoolKind,
+}
+
+/// Everything one stream of one device holds.
+#[derive(Debug)]
+pub struct StreamPools {
+    stream: StreamId,
+    blocks: Vec<Block>,
+    spare_blocks: Vec<u32>,
+    segments: Vec<Segment>,
+    spare_segments: Vec<u32>,
+    /// Free blocks per pool, ordered by (size, address): best fit is the first at or above
+    /// the request.
+    free: [BTreeSet<(u64, u64, u32)>; 2],
+    /// Events recorded on other streams for freed blocks, oldest first.
+    pending: VecDeque<(EventId, u32)>,
+    /// Per pool, how many lookups have been made (GC age clock).
+    lookups: [u64; 2],
+    live_segments: usize,
+    stats: BlockStats,
+}
+
+impl StreamPools {
+    /// Empty pools for `stream`.
+    pub fn new(stream: StreamId) -> StreamPools {
+        StreamPools {
+            stream,
+            blocks: Vec::new(),
+            spare_blocks: Vec::new(),
+            segments: Vec::new(),
+            spare_segments: Vec::new(),
+            free: [BTreeSet::new(), BTreeSet::new()],
+            pending: VecDeque::new(),
+            lookups: [0; 2],
+            live_segments: 0,
+            stats: BlockStats::default(),
+        }
+    }
+
+    /// The stream these pools belong to.
+    pub fn stream(&self) -> StreamId {
+        self.stream
+    }
+
+    /// Block-side statistics of this stream.
+    pub fn stats(&self) -> &BlockStats {
+        &self.stats
+    }
+
+    /// Mutable statistics (for resets).
+    pub fn stats_mut(&mut self) -> &mut BlockStats {
+        &mut self.stats
+    }
+
+    /// Number of segments held.
+    pub fn segment_count(&self) -> usize {
+        self.live_segments
+    }
+
+    /// Whether any freed block waits on events.
+    #[inline]
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Device address of a block.
+    #[inline]
+    pub fn block_addr(&self, id: BlockId) -> u64 {
+        self.blocks[id.0 as usize].addr
+    }
+
+    /// Size of a block.
+    #[inline]
+    pub fn block_size(&self, id: BlockId) -> u64 {
+        self.blocks[id.0 as usize].size
+    }
+
+    /// Bytes requested for a block.
+    #[inline]
+    pub fn block_requested(&self, id: BlockId) -> u64 {
+        self.blocks[id.0 as usize].requested
+    }
+
+    /// State of a block, or `None` if the id is not a live block.
+    pub fn block_state(&self, id: BlockId) -> Option<BlockState> {
+        self.blocks
+            .get(id.0 as usize)
+            .filter(|b| b.live)
+            .map(|b| b.state)
+    }
+
+    /// Pool of a block.
+    #[inline]
+    pub fn block_pool(&self, id: BlockId) -> PoolKind {
+        self.segments[self.blocks[id.0 as usize].seg as usize].pool
+    }
+
+    fn new_block(&mut self, b: Block) -> u32 {
+        if let Some(i) = self.spare_blocks.pop() {
+            let slot = &mut self.blocks[i as usize];
+            let uses = std::mem::take(&mut slot.stream_uses);
+            *slot = b;
+            slot.stream_uses = uses;
+            slot.stream_uses.clear();
+            i
+        } else {
+            self.blocks.push(b);
+            (self.blocks.len() - 1) as u32
+        }
+    }
+
+    fn drop_block(&mut self, i: u32) {
+        self.blocks[i as usize].live = false;
+        self.spare_blocks.push(i);
+    }
+
+    #[inline]
+    fn is_split(&self, i: u32) -> bool {
+        let b = &self.blocks[i as usize];
+        b.prev != NIL || b.next != NIL
+    }
+
+    /// Take the block's contribution to `inactive_split` out of the stats (call before a
+    /// change), or put it back (after).
+    #[inline]
+    fn inactive_split_account(&mut self, i: u32, add: bool) {
+        let b = &self.blocks[i as usize];
+        if b.state == BlockState::Free && self.is_split(i) {
+            let size = b.size;
+            let pool = self.segments[b.seg as usize].pool;
+            if add {
+                stats::increase(&mut self.stats.inactive_split, pool, 1);
+                stats::increase(&mut self.stats.inactive_split_bytes, pool, size);
+            } else {
+                stats::decrease(&mut self.stats.inactive_split, pool, 1);
+                stats::decrease(&mut self.stats.inactive_split_bytes, pool, size);
+            }
+        }
+    }
+
+    #[inline]
+    fn free_key(&self, i: u32) -> (u64, u64, u32) {
+        let b = &self.blocks[i as usize];
+        (b.size, b.addr, i)
+    }
+
+    fn insert_free(&mut self, i: u32) {
+        let pool = self.segments[self.blocks[i as usize].seg as usize].pool;
+        self.blocks[i as usize].gc_base = self.lookups[pool.idx()];
+        let key = self.free_key(i);
+        self.free[pool.idx()].insert(key);
+    }
+
+    fn remove_free(&mut self, i: u32) {
+        let pool = self.segments[self.blocks[i as usize].seg as usize].pool;
+        let key = self.free_key(i);
+        self.free[pool.idx()].remove(&key);
+    }
+
+    /// Best fit for `req` among cached free blocks, under the `max_split_size` rules.
+    fn find_free(&mut self, req: &Request, cfg: &Config) -> Option<u32> {
+        let p = req.pool.idx();
+        self.lookups[p] += 1;
+        let &(size, _, id) = self.free[p].range((req.rounded, 0, 0)..).next()?;
+        // A request below max_split_size never takes an oversize block...
+        if req.rounded < cfg.max_split_size && size >= cfg.max_split_size {
+            return None;
+        }
+        // ...and an oversize request takes one only if little is wasted.
+        if req.rounded >= cfg.max_split_size
+            && size >= req.rounded.saturating_add(cfg.max_non_split_rounding)
+        {
+            return None;
+        }
+        Some(id)
+    }
+
+    fn should_split(&self, i: u32, rounded: u64, cfg: &Config) -> bool {
+        let b = &self.blocks[i as usize];
+        let remaining = b.size - rounded;
+        match self.segments[b.seg as usize].pool {
+            PoolKind::Small => remaining >= MIN_BLOCK_SIZE,
+            PoolKind::Large => rounded < cfg.max_split_size && remaining > SMALL_SIZE,
+        }
+    }
+
+    /// Hand out free block `i` (already out of the free set) for `req`, splitting off the
+    /// remainder when worth it.
+    fn take_block(&mut self, i: u32, req: &Request, cfg: &Config) -> BlockId {
+        self.inactive_split_account(i, false);
+        if self.should_split(i, req.rounded, cfg) {
+            let (addr, size, seg, next) = {
+                let b = &self.blocks[i as usize];
+                (b.addr, b.size, b.seg, b.next)
+            };
+            let rest = self.new_block(Block {
+                addr: addr + req.rounded,
+                size: size - req.rounded,
+                requested: 0,
+                seg,
+                prev: i,
+                next,
+                state: BlockState::Free,
+                pending_events: 0,
+                gc_base: 0,
+                stream_uses: Vec::new(),
+                live: true,
+            });
+            if next != NIL {
+                self.blocks[next as usize].prev = rest;
+            }
+            let b = &mut self.blocks[i as usize];
+            b.next = rest;
+            b.size = req.rounded;
+            self.insert_free(rest);
+            self.inactive_split_account(rest, true);
+        }
+        let pool = req.pool;
+        let b = &mut self.blocks[i as usize];
+        b.state = BlockState::Allocated;
+        b.requested = req.requested;
+        let size = b.size;
+        let st = &mut self.stats;
+        stats::increase(&mut st.allocation, pool, 1);
+        stats::increase(&mut st.allocated_bytes, pool, size);
+        stats::increase(&mut st.active, pool, 1);
+        stats::increase(&mut st.active_bytes, pool, size);
+        stats::increase(&mut st.requested_bytes, pool, req.requested);
+        if size >= cfg.max_split_size {
+            st.oversize_allocations.increase(1);
+        }
+        BlockId(i)
+    }
+
+    /// Serve `req` from the cache, if a cached block fits.
+    #[inline]
+    pub fn try_alloc(&mut self, req: &Request, cfg: &Config) -> Option<BlockId> {
+        let i = self.find_free(req, cfg)?;
+        self.remove_free(i);
+        Some(self.take_block(i, req, cfg))
+    }
+
+    /// Adopt a new segment from the driver and serve `req` from it.
+    pub fn add_segment_and_alloc(
+        &mut self,
+        addr: u64,
+        size: u64,
+        req: &Request,
+        cfg: &Config,
+    ) -> BlockId {
+        let seg = Segment {
+            addr,
+            size,
+            pool: req.pool,
+            head: NIL,
+            live: true,
+        };
+        let s = if let Some(s) = self.spare_segments.pop() {
+            self.segments[s as usize] = seg;
+            s
+        } else {
+            self.segments.push(seg);
+            (self.segments.len() - 1) as u32
+        };
+        self.live_segments += 1;
+        let i = self.new_block(Block {
+            addr,
+            size,
+            requested: 0,
+            seg: s,
+            prev: NIL,
+            next: NIL,
+            state: BlockState::Free,
+            pending_events: 0,
+            gc_base: 0,
+            stream_uses: Vec::new(),
+            live: true,
+        });
+        self.segments[s as usize].head = i;
+        self.take_block(i, req, cfg)
+    }
+
+    /// Note that allocated block `id` is used by `stream` too: on free it will wait for
+    /// the work queued on that stream.
+    pub fn record_stream(&mut self, id: BlockId, stream: StreamId) {
+        if stream == self.stream {
+            return;
+        }
+        let b = &mut self.blocks[id.0 as usize];
+        if !b.stream_uses.contains(&stream) {
+            b.stream_uses.push(stream);
+        }
+    }
+
+    /// The caller frees allocated block `id`. Returns how many other streams the block was
+    /// used on (see [`StreamPools::stream_use`]): the front records an event on each, passes
+    /// it to [`StreamPools::add_pending_event`], then calls [`StreamPools::finish_free`].
+    /// With 0 the block is back in the cache when this returns.
+    pub fn free(&mut self, id: BlockId, cfg: &Config) -> usize {
+        let i = id.0;
+        let pool = self.block_pool(id);
+        let b = &mut self.blocks[i as usize];
+        debug_assert_eq!(b.state, BlockState::Allocated);
+        let size = b.size;
+        let st = &mut self.stats;
+        stats::decrease(&mut st.allocation, pool, 1);
+        stats::decrease(&mut st.allocated_bytes, pool, size);
+        if size >= cfg.max_split_size {
+            st.oversize_allocations.decrease(1);
+        }
+        let n = self.blocks[i as usize].stream_uses.len();
+        if n == 0 {
+            self.return_block(i);
+        } else {
+            self.blocks[i as usize].state = BlockState::Pending;
+        }
+        n
+    }
+
+    /// The `k`-th other stream that used block `id` (see [`StreamPools::free`]).
+    #[inline]
+    pub fn stream_use(&self, id: BlockId, k: usize) -> StreamId {
+        self.blocks[id.0 as usize].stream_uses[k]
+    }
+
+    /// An event was recorded for pending block `id`.
+    pub fn add_pending_event(&mut self, id: BlockId, event: EventId) {
+        self.blocks[id.0 as usize].pending_events += 1;
+        self.pending.push_back((event, id.0));
+    }
+
+    /// After [`StreamPools::free`] returned streams and their events were added: forget the
+    /// stream list; a block that got no event (recording failed and the front waited
+    /// instead) returns to the cache now.
+    pub fn finish_free(&mut self, id: BlockId) {
+        let b = &mut self.blocks[id.0 as usize];
+        b.stream_uses.clear();
+        if b.pending_events == 0 {
+            self.return_block(id.0);
+        }
+    }
+
+    /// The oldest outstanding event, if any.
+    #[inline]
+    pub fn oldest_pending(&self) -> Option<EventId> {
+        self.pending.front().map(|&(e, _)| e)
+    }
+
+    /// The oldest outstanding event completed: drop it; its block returns to the cache if it
+    /// was the block's last. Returns the event so the front can release it.
+    pub fn complete_oldest_pending(&mut self) -> Option<EventId> {
+        let (ev, i) = self.pending.pop_front()?;
+        let b = &mut self.blocks[i as usize];
+        b.pending_events -= 1;
+        if b.pending_events == 0 {
+            self.return_block(i);
+        }
+        Some(ev)
+    }
+
+    /// Every outstanding event, oldest first (for synchronizing them all).
+    pub fn pending_events(&self) -> impl Iterator<Item = EventId> + '_ {
+        self.pending.iter().map(|&(e, _)| e)
+    }
+
+    /// Bytes of blocks waiting on events.
+    pub fn pending_bytes(&self) -> u64 {
+        self.blocks
+            .iter()
+            .filter(|b| b.live && b.state == BlockState::Pending)
+            .map(|b| b.size)
+            .sum()
+    }
+
+    /// Block `i` is no longer used by anyone: mark it free, coalesce with free neighbours,
+    /// put it in the free set.
+    fn return_block(&mut self, i: u32) {
+        let pool = self.segments[self.blocks[i as usize].seg as usize].pool;
+        {
+            let b = &mut self.blocks[i as usize];
+            let (size, req) = (b.size, b.requested);
+            b.requested = 0;
+            let st = &mut self.stats;
+            stats::decrease(&mut st.active, pool, 1);
+            stats::decrease(&mut st.active_bytes, pool, size);
+            stats::decrease(&mut st.requested_bytes, pool, req);
+        }
+        let mut cur = i;
+        // Merge with the previous block if free: the previous one survives.
+        let prev = self.blocks[cur as usize].prev;
+        if prev != NIL && self.blocks[prev as usize].state == BlockState::Free {
+            self.inactive_split_account(prev, false);
+            self.remove_free(prev);
+            let (size, next) = {
+                let b = &self.blocks[cur as usize];
+                (b.size, b.next)
+            };
+            self.blocks[prev as usize].size += size;
+            self.blocks[prev as usize].next = next;
+            if next != NIL {
+                self.blocks[next as usize].prev = prev;
+            }
+            self.drop_block(cur);
+            cur = prev;
+        }
+        let next = self.blocks[cur as usize].next;
+        if next != NIL && self.blocks[next as usize].state == BlockState::Free {
+            self.inactive_split_account(next, false);
+            self.remove_free(next);
+            let (size, nn) = {
+                let b = &self.blocks[next as usize];
+                (b.size, b.next)
+            };
+            self.blocks[cur as usize].size += size;
+            self.blocks[cur as usize].next = nn;
+            if nn != NIL {
+                self.blocks[nn as usize].prev = cur;
+            }
+            self.drop_block(next);
+        }
+        self.blocks[cur as usize].state = BlockState::Free;
+        self.insert_free(cur);
+        self.inactive_split_account(cur, true);
+    }
+
+    fn release_segment_of(&mut self, i: u32) -> ReleasedSegment {
+        let s = self.blocks[i as usize].seg;
+        self.remove_free(i);
+        self.drop_block(i);
+        let seg = &mut self.segments[s as usize];
+        seg.live = false;
+        self.spare_segments.push(s);
+        self.live_segments -= 1;
+        ReleasedSegment {
+            addr: seg.addr,
+            size: seg.size,
+            pool: seg.pool,
+        }
+    }
+
+    /// Let go of every segment that is entirely free (`empty_cache`), appending them to
+    /// `out`.
+    pub fn release_free_segments(&mut self, out: &mut Vec<ReleasedSegment>) {
+        for p in 0..2 {
+            let whole: Vec<u32> = self.free[p]
+                .iter()
+                .map(|&(_, _, i)| i)
+                .filter(|&i| !self.is_split(i))
+                .collect();
+            for i in whole {
+                out.push(self.release_segment_of(i));
+            }
+        }
+    }
+
+    /// Garbage-collection candidates of the large pool: whole free segments and their age
+    /// (lookups since they became free), for PyTorch's `garbage_collect_cached_blocks`.
+    pub fn gc_candidates(&self) -> Vec<(u64, u32)> {
+        let now = self.lookups[PoolKind::Large.idx()];
+        self.free[PoolKind::Large.idx()]
+            .iter()
+            .map(|&(_, _, i)| i)
+            .filter(|&i| !self.is_split(i))
+            .map(|i| (now - self.blocks[i as usize].gc_base, i))
+            .collect()
+    }
+
+    /// Release the whole free segment whose block is `block` (from [`Self::gc_candidates`]).
+    pub fn release_gc_candidate(&mut self, block: u32) -> Option<ReleasedSegment> {
+        let b = self.blocks.get(block as usize)?;
+        if !b.live || b.state != BlockState::Free || self.is_split(block) {
+            return None;
+        }
+        Some(self.release_segment_of(block))
+    }
+
+    /// The largest free block (any pool).
+    pub fn largest_free(&self) -> u64 {
+        self.free
+            .iter()
+            .filter_map(|s| s.last().map(|&(size, _, _)| size))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Bytes in free blocks.
+    pub fn free_bytes(&self) -> u64 {
+        self.free.iter().flatten().map(|&(s, _, _)| s).sum()
+    }
+
+    /// Segments with their blocks, in address order.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let mut v: Vec<SegmentInfo> = self
+            .segments
+            .iter()
+            .filter(|s| s.live)
+            .map(|s| {
+                let mut blocks = Vec::new();
+                let mut i = s.head;
+                while i != NIL {
+                    let b = &self.blocks[i as usize];
+                    blocks.push(BlockInfo {
+                        addr: b.addr,
+                        size: b.size,
+                        requested: b.requested,
+                        state: b.state,
+                    });
+                    i = b.next;
+                }
+                SegmentInfo {
+                    addr: s.addr,
+                    size: s.size,
+                    pool: s.pool,
+                    stream: self.stream,
+                    blocks,
+                }
+            })
+            .collect();
+        v.sort_by_key(|s| s.addr);
+        v
+    }
+
+    /// Check every invariant of the pools; `Err` says which one broke. Costs a full scan:
+    /// for tests and debugging.
+    pub fn check_invariants(&self, cfg: &Config) -> Result<(), String> {
+        let mut recount = BlockStats::default();
+        let mut free_seen = 0usize;
+        let mut pending_seen = 0u64;
+        for (si, s) in self.segments.iter().enumerate() {
+            if !s.live {
+                continue;
+            }
+            let mut i = s.head;
+            let mut expect_addr = s.addr;
+            let mut prev = NIL;
+            let mut prev_free = false;
+            while i != NIL {
+                let b = self
+                    .blocks
+                    .get(i as usize)
+                    .ok_or_else(|| format!("segment {si}: dangling block index {i}"))?;
+                if !b.live {
+                    return Err(format!("segment {si}: dead block {i} linked"));
+                }
+                if b.seg as usize != si {
+                    return Err(format!(
+                        "block {i} in segment {si} claims segment {}",
+                        b.seg
+                    ));
+                }
+                if b.prev != prev {
+                    return Err(format!("block {i}: prev link {} != {}", b.prev, prev));
+                }
+                if b.addr != expect_addr {
+                    return Err(format!(
+                        "segment {si}: block {i} at {:#x}, expected {:#x} (gap or overlap)",
+                        b.addr, expect_addr
+                    ));
+                }
+                if b.size == 0 || b.size % MIN_BLOCK_SIZE != 0 {
+                    return Err(format!("block {i}: bad size {}", b.size));
+                }
+                let free = b.state == BlockState::Free;
+                if free && prev_free {
+                    return Err(format!(
+                        "segment {si}: adjacent free blocks at {:#x}",
+                        b.addr
+                    ));
+                }
+                let in_set = self.free[s.pool.idx()].contains(&(b.size, b.addr, i));
+                if free != in_set {
+                    return Err(format!("block {i}: free={free} but in free set={in_set}"));
+                }
+                let split = b.prev != NIL || b.next != NIL;
+                match b.state {
+                    BlockState::Free => {
+                        free_seen += 1;
+                        if split {
+                            stats::increase(&mut recount.inactive_split, s.pool, 1);
+                            stats::increase(&mut recount.inactive_split_bytes, s.pool, b.size);
+                        }
+                        if b.pending_events != 0 {
+                            return Err(format!("free block {i} has pending events"));
+                        }
+                    }
+                    BlockState::Allocated | BlockState::Pending => {
+                        if b.state == BlockState::Allocated {
+                            stats::increase(&mut recount.allocation, s.pool, 1);
+                            stats::increase(&mut recount.allocated_bytes, s.pool, b.size);
+                            if b.size >= cfg.max_split_size {
+                                recount.oversize_allocations.increase(1);
+                            }
+                        } else {
+                            pending_seen += u64::from(b.pending_events);
+                            if b.pending_events == 0 {
+                                return Err(format!("pending block {i} has no event"));
+                            }
+                        }
+                        stats::increase(&mut recount.active, s.pool, 1);
+                        stats::increase(&mut recount.active_bytes, s.pool, b.size);
+                        stats::increase(&mut recount.requested_bytes, s.pool, b.requested);
+                    }
+                }
+                expect_addr = b.addr + b.size;
+                prev_free = free;
+                prev = i;
+                i = b.next;
+            }
+            if expect_addr != s.addr + s.size {
+                return Err(format!(
+                    "segment {si}: blocks end at {:#x}, segment at {:#x}",
+                    expect_addr,
+                    s.addr + s.size
+                ));
+            }
+        }
+        let set_len: usize = self.free.iter().map(|s| s.len()).sum();
+        if set_len != free_seen {
+            return Err(format!(
+                "free sets hold {set_len} entries, segments {free_seen} free blocks"
+            ));
+        }
+        if pending_seen != self.pending.len() as u64 {
+            return Err(format!(
+                "pending queue holds {}, blocks count {pending_seen}",
+                self.pending.len()
+            ));
+        }
+        let cur = |a: &crate::stats::StatArray| [a[0].current, a[1].current, a[2].current];
+        let st = &self.stats;
+        let pairs = [
+            ("allocation", &st.allocation, &recount.allocation),
+            ("active", &st.active, &recount.active),
+            (
+                "inactive_split",
+                &st.inactive_split,
+                &recount.inactive_split,
+            ),
+            (
+                "allocated_bytes",
+                &st.allocated_bytes,
+                &recount.allocated_bytes,
+            ),
+            ("active_bytes", &st.active_bytes, &recount.active_bytes),
+            (
+                "inactive_split_bytes",
+                &st.inactive_split_bytes,
+                &recount.inactive_split_bytes,
+            ),
+            (
+                "requested_bytes",
+                &st.requested_bytes,
+                &recount.requested_bytes,
+            ),
+        ];
+        for (name, have, want) in pairs {
+            if cur(have) != cur(want) {
+                return Err(format!(
+                    "stat {name}: kept {:?}, recount {:?}",
+                    cur(have),
+                    cur(want)
+                ));
+            }
+            for s in have.iter() {
+                if s.peak < s.current || s.current < 0 {
+                    return Err(format!("stat {name}: bad peak/current {s:?}"));
+                }
+            }
+        }
+        if st.oversize_allocations.current != recount.oversize_allocations.current {
+            return Err("stat oversize_allocations differs from recount".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
