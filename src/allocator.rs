@@ -39,6 +39,9 @@ struct RawEntry {
     block: BlockId,
 }
 
+/// Raw (C-layer) allocations of a device whose address hashes here: address → block.
+type RawShard = CachePadded<Mutex<FxHashMap<u64, RawEntry>>>;
+
 struct Device {
     index: usize,
     slots: Box<[OnceLock<CachePadded<Shard>>]>,
@@ -52,7 +55,7 @@ struct Device {
     num_sync_all_streams: AtomicU64,
     num_device_alloc: AtomicU64,
     num_device_free: AtomicU64,
-    raw: Box<[CachePadded<Mutex<FxHashMap<u64, RawEntry>>>]>,
+    raw: Box<[RawShard]>,
 }
 
 #[inline]

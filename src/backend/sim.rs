@@ -220,7 +220,7 @@ impl SimBackend {
         v
     }
 
-    fn device<'a>(g: &'a mut Inner, device: usize) -> Result<&'a mut DeviceState, BackendError> {
+    fn device(g: &mut Inner, device: usize) -> Result<&mut DeviceState, BackendError> {
         g.devices.get_mut(device).ok_or(BackendError::Driver {
             code: 101,
             message: format!("invalid device ordinal {device}"),
