@@ -45,29 +45,31 @@ fn fmt_count(c: i64, pref: i64) -> String {
     format!("{c:7} {unit} ")
 }
 
-fn row(out: &mut String, name: &str, s: &Stat, bytes: bool) {
-    let f = |v: i64| {
+/// One line of the table. Like PyTorch, each column picks its unit from the `all` row's
+/// value in that column (`pref`), so a group of lines shares units column by column.
+fn row(out: &mut String, name: &str, s: &Stat, pref: &Stat, bytes: bool) {
+    let f = |v: i64, p: i64| {
         if bytes {
-            fmt_size(v, s.peak)
+            fmt_size(v, p)
         } else {
-            fmt_count(v, s.peak)
+            fmt_count(v, p)
         }
     };
     let _ = writeln!(
         out,
         "| {:<21} | {} | {} | {} | {} |",
         name,
-        f(s.current),
-        f(s.peak),
-        f(s.allocated),
-        f(s.freed)
+        f(s.current, pref.current),
+        f(s.peak, pref.peak),
+        f(s.allocated, pref.allocated),
+        f(s.freed, pref.freed)
     );
 }
 
 fn group(out: &mut String, name: &str, a: &StatArray, bytes: bool) {
-    row(out, name, &a[0], bytes);
-    row(out, "      from large pool", &a[2], bytes);
-    row(out, "      from small pool", &a[1], bytes);
+    row(out, name, &a[0], &a[0], bytes);
+    row(out, "      from large pool", &a[2], &a[0], bytes);
+    row(out, "      from small pool", &a[1], &a[0], bytes);
     out.push_str(RULE);
     out.push('\n');
 }
@@ -119,18 +121,9 @@ pub(crate) fn render<B: Backend>(alloc: &CachingAllocator<B>, device: usize) -> 
     group(&mut out, "Active allocs", &b.active, false);
     group(&mut out, "GPU reserved segments", &s.segment, false);
     group(&mut out, "Non-releasable allocs", &b.inactive_split, false);
-    row(
-        &mut out,
-        "Oversize allocations",
-        &b.oversize_allocations,
-        false,
-    );
-    row(
-        &mut out,
-        "Oversize GPU segments",
-        &s.oversize_segments,
-        false,
-    );
+    let (oa, os) = (&b.oversize_allocations, &s.oversize_segments);
+    row(&mut out, "Oversize allocations", oa, oa, false);
+    row(&mut out, "Oversize GPU segments", os, os, false);
     out.push_str(RULE_EQ);
     out.push('\n');
     // What PyTorch's table does not say.
