@@ -33,6 +33,59 @@ pub const ROUND_LARGE: u64 = 2 << 20;
 
 const NIL: u32 = u32::MAX;
 
+/// Free blocks of one pool, ordered by (size, address, id): best fit is the first entry at or
+/// above the request.
+///
+/// A sentinel entry that sorts after every real one stays in the tree for its whole life:
+/// without it the tree frees its root node whenever it empties and allocates it again on
+/// the next insert, a heap allocation per call in the common one-free-block steady state.
+#[derive(Debug)]
+struct FreeSet(BTreeSet<(u64, u64, u32)>);
+
+const SENTINEL: (u64, u64, u32) = (u64::MAX, u64::MAX, NIL);
+
+impl FreeSet {
+    fn new() -> FreeSet {
+        FreeSet(BTreeSet::from([SENTINEL]))
+    }
+
+    #[inline]
+    fn insert(&mut self, key: (u64, u64, u32)) {
+        self.0.insert(key);
+    }
+
+    #[inline]
+    fn remove(&mut self, key: &(u64, u64, u32)) {
+        self.0.remove(key);
+    }
+
+    /// The smallest entry of at least `size` bytes.
+    #[inline]
+    fn first_at_least(&self, size: u64) -> Option<(u64, u64, u32)> {
+        self.0
+            .range((size, 0, 0)..)
+            .next()
+            .copied()
+            .filter(|k| k.2 != NIL)
+    }
+
+    fn iter(&self) -> impl DoubleEndedIterator<Item = &(u64, u64, u32)> {
+        self.0.iter().filter(|k| k.2 != NIL)
+    }
+
+    fn last(&self) -> Option<&(u64, u64, u32)> {
+        self.0.iter().rev().nth(1)
+    }
+
+    fn contains(&self, key: &(u64, u64, u32)) -> bool {
+        self.0.contains(key)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len() - 1
+    }
+}
+
 /// Which pool a block belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PoolKind {
@@ -235,7 +288,7 @@ pub struct StreamPools {
     spare_segments: Vec<u32>,
     /// Free blocks per pool, ordered by (size, address): best fit is the first at or above
     /// the request.
-    free: [BTreeSet<(u64, u64, u32)>; 2],
+    free: [FreeSet; 2],
     /// Events recorded on other streams for freed blocks, oldest first.
     pending: VecDeque<(EventId, u32)>,
     /// Per pool, how many lookups have been made (GC age clock).
@@ -253,7 +306,7 @@ impl StreamPools {
             spare_blocks: Vec::new(),
             segments: Vec::new(),
             spare_segments: Vec::new(),
-            free: [BTreeSet::new(), BTreeSet::new()],
+            free: [FreeSet::new(), FreeSet::new()],
             pending: VecDeque::new(),
             lookups: [0; 2],
             live_segments: 0,
@@ -385,7 +438,7 @@ impl StreamPools {
     fn find_free(&mut self, req: &Request, cfg: &Config) -> Option<u32> {
         let p = req.pool.idx();
         self.lookups[p] += 1;
-        let &(size, _, id) = self.free[p].range((req.rounded, 0, 0)..).next()?;
+        let (size, _, id) = self.free[p].first_at_least(req.rounded)?;
         // A request below max_split_size never takes an oversize block...
         if req.rounded < cfg.max_split_size && size >= cfg.max_split_size {
             return None;
@@ -709,7 +762,11 @@ impl StreamPools {
 
     /// Bytes in free blocks.
     pub fn free_bytes(&self) -> u64 {
-        self.free.iter().flatten().map(|&(s, _, _)| s).sum()
+        self.free
+            .iter()
+            .flat_map(FreeSet::iter)
+            .map(|&(s, _, _)| s)
+            .sum()
     }
 
     /// Segments with their blocks, in address order.
