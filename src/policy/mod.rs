@@ -12,6 +12,8 @@
 
 #![forbid(unsafe_code)]
 
+mod bins;
+
 use std::collections::{BTreeSet, VecDeque};
 
 use crate::backend::{EventId, StreamId};
@@ -288,7 +290,10 @@ pub struct StreamPools {
     spare_segments: Vec<u32>,
     /// Free blocks per pool, ordered by (size, address): best fit is the first at or above
     /// the request.
-    free: [FreeSet; 2],
+    /// Free blocks of the small pool.
+    small: bins::SmallBins,
+    /// Free blocks of the large pool.
+    large: FreeSet,
     /// Events recorded on other streams for freed blocks, oldest first.
     pending: VecDeque<(EventId, u32)>,
     /// Per pool, how many lookups have been made (GC age clock).
@@ -306,7 +311,8 @@ impl StreamPools {
             spare_blocks: Vec::new(),
             segments: Vec::new(),
             spare_segments: Vec::new(),
-            free: [FreeSet::new(), FreeSet::new()],
+            small: bins::SmallBins::new(),
+            large: FreeSet::new(),
             pending: VecDeque::new(),
             lookups: [0; 2],
             live_segments: 0,
@@ -424,21 +430,45 @@ impl StreamPools {
     fn insert_free(&mut self, i: u32) {
         let pool = self.segments[self.blocks[i as usize].seg as usize].pool;
         self.blocks[i as usize].gc_base = self.lookups[pool.idx()];
-        let key = self.free_key(i);
-        self.free[pool.idx()].insert(key);
+        match pool {
+            PoolKind::Small => self.small.insert(i, self.blocks[i as usize].size),
+            PoolKind::Large => {
+                let key = self.free_key(i);
+                self.large.insert(key);
+            }
+        }
     }
 
     fn remove_free(&mut self, i: u32) {
         let pool = self.segments[self.blocks[i as usize].seg as usize].pool;
-        let key = self.free_key(i);
-        self.free[pool.idx()].remove(&key);
+        match pool {
+            PoolKind::Small => self.small.remove(i, self.blocks[i as usize].size),
+            PoolKind::Large => {
+                let key = self.free_key(i);
+                self.large.remove(&key);
+            }
+        }
+    }
+
+    /// Free block ids of one pool.
+    fn free_ids(&self, pool: PoolKind) -> Vec<u32> {
+        match pool {
+            PoolKind::Small => self.small.iter().collect(),
+            PoolKind::Large => self.large.iter().map(|&(_, _, i)| i).collect(),
+        }
     }
 
     /// Best fit for `req` among cached free blocks, under the `max_split_size` rules.
     fn find_free(&mut self, req: &Request, cfg: &Config) -> Option<u32> {
-        let p = req.pool.idx();
-        self.lookups[p] += 1;
-        let (size, _, id) = self.free[p].first_at_least(req.rounded)?;
+        self.lookups[req.pool.idx()] += 1;
+        let (size, id) = match req.pool {
+            // Small blocks are never oversize: max_split_size is above the small pool.
+            PoolKind::Small => return self.small.first_at_least(req.rounded),
+            PoolKind::Large => {
+                let (size, _, id) = self.large.first_at_least(req.rounded)?;
+                (size, id)
+            }
+        };
         // A request below max_split_size never takes an oversize block...
         if req.rounded < cfg.max_split_size && size >= cfg.max_split_size {
             return None;
@@ -718,14 +748,11 @@ impl StreamPools {
     /// Let go of every segment that is entirely free (`empty_cache`), appending them to
     /// `out`.
     pub fn release_free_segments(&mut self, out: &mut Vec<ReleasedSegment>) {
-        for p in 0..2 {
-            let whole: Vec<u32> = self.free[p]
-                .iter()
-                .map(|&(_, _, i)| i)
-                .filter(|&i| !self.is_split(i))
-                .collect();
-            for i in whole {
-                out.push(self.release_segment_of(i));
+        for pool in [PoolKind::Small, PoolKind::Large] {
+            for i in self.free_ids(pool) {
+                if !self.is_split(i) {
+                    out.push(self.release_segment_of(i));
+                }
             }
         }
     }
@@ -734,7 +761,7 @@ impl StreamPools {
     /// (lookups since they became free), for PyTorch's `garbage_collect_cached_blocks`.
     pub fn gc_candidates(&self) -> Vec<(u64, u32)> {
         let now = self.lookups[PoolKind::Large.idx()];
-        self.free[PoolKind::Large.idx()]
+        self.large
             .iter()
             .map(|&(_, _, i)| i)
             .filter(|&i| !self.is_split(i))
@@ -753,20 +780,18 @@ impl StreamPools {
 
     /// The largest free block (any pool).
     pub fn largest_free(&self) -> u64 {
-        self.free
-            .iter()
-            .filter_map(|s| s.last().map(|&(size, _, _)| size))
-            .max()
-            .unwrap_or(0)
+        let large = self.large.last().map_or(0, |&(size, _, _)| size);
+        large.max(self.small.largest().unwrap_or(0))
     }
 
     /// Bytes in free blocks.
     pub fn free_bytes(&self) -> u64 {
-        self.free
+        let small: u64 = self
+            .small
             .iter()
-            .flat_map(FreeSet::iter)
-            .map(|&(s, _, _)| s)
-            .sum()
+            .map(|i| self.blocks[i as usize].size)
+            .sum();
+        small + self.large.iter().map(|&(s, _, _)| s).sum::<u64>()
     }
 
     /// Segments with their blocks, in address order.
@@ -848,7 +873,10 @@ impl StreamPools {
                         b.addr
                     ));
                 }
-                let in_set = self.free[s.pool.idx()].contains(&(b.size, b.addr, i));
+                let in_set = match s.pool {
+                    PoolKind::Small => self.small.contains(i, b.size),
+                    PoolKind::Large => self.large.contains(&(b.size, b.addr, i)),
+                };
                 if free != in_set {
                     return Err(format!("block {i}: free={free} but in free set={in_set}"));
                 }
@@ -895,7 +923,7 @@ impl StreamPools {
                 ));
             }
         }
-        let set_len: usize = self.free.iter().map(|s| s.len()).sum();
+        let set_len = self.small.len() + self.large.len();
         if set_len != free_seen {
             return Err(format!(
                 "free sets hold {set_len} entries, segments {free_seen} free blocks"

@@ -1,0 +1,175 @@
+//! Free lists of the small pool: one list per exact block size (512 B steps up to the 2 MiB
+//! segment), found through a two-level bitmap. Insert, remove and best-fit lookup are O(1)
+//! and allocate nothing once the link table has grown to the block count.
+//!
+//! Among blocks of the same size the most recently freed one is taken first (its memory is
+//! most likely still in cache on the device); across sizes the fit is exact best fit.
+
+use super::{MIN_BLOCK_SIZE, NIL, SMALL_BUFFER};
+
+const CLASSES: usize = (SMALL_BUFFER / MIN_BLOCK_SIZE) as usize + 1;
+const WORDS: usize = CLASSES.div_ceil(64);
+
+#[derive(Debug)]
+pub(super) struct SmallBins {
+    heads: Box<[u32; CLASSES]>,
+    words: [u64; WORDS],
+    summary: u128,
+    /// (prev, next) in its size list, per block id.
+    links: Vec<(u32, u32)>,
+    len: usize,
+}
+
+#[inline]
+fn class(size: u64) -> usize {
+    debug_assert!(size % MIN_BLOCK_SIZE == 0 && size <= SMALL_BUFFER);
+    (size / MIN_BLOCK_SIZE) as usize
+}
+
+impl SmallBins {
+    pub(super) fn new() -> SmallBins {
+        SmallBins {
+            heads: Box::new([NIL; CLASSES]),
+            words: [0; WORDS],
+            summary: 0,
+            links: Vec::new(),
+            len: 0,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    pub(super) fn insert(&mut self, id: u32, size: u64) {
+        let c = class(size);
+        if self.links.len() <= id as usize {
+            self.links.resize(id as usize + 1, (NIL, NIL));
+        }
+        let head = self.heads[c];
+        self.links[id as usize] = (NIL, head);
+        if head != NIL {
+            self.links[head as usize].0 = id;
+        } else {
+            self.words[c / 64] |= 1 << (c % 64);
+            self.summary |= 1 << (c / 64);
+        }
+        self.heads[c] = id;
+        self.len += 1;
+    }
+
+    #[inline]
+    pub(super) fn remove(&mut self, id: u32, size: u64) {
+        let c = class(size);
+        let (prev, next) = self.links[id as usize];
+        if prev != NIL {
+            self.links[prev as usize].1 = next;
+        } else {
+            self.heads[c] = next;
+            if next == NIL {
+                self.words[c / 64] &= !(1 << (c % 64));
+                if self.words[c / 64] == 0 {
+                    self.summary &= !(1 << (c / 64));
+                }
+            }
+        }
+        if next != NIL {
+            self.links[next as usize].0 = prev;
+        }
+        self.links[id as usize] = (NIL, NIL);
+        self.len -= 1;
+    }
+
+    /// A block of the smallest size ≥ `size`, if any.
+    #[inline]
+    pub(super) fn first_at_least(&self, size: u64) -> Option<u32> {
+        let c = class(size);
+        let w = c / 64;
+        let bits = self.words[w] & (!0u64 << (c % 64));
+        let c = if bits != 0 {
+            w * 64 + bits.trailing_zeros() as usize
+        } else {
+            let higher = if w + 1 >= 128 {
+                0
+            } else {
+                self.summary & (!0u128 << (w + 1))
+            };
+            if higher == 0 {
+                return None;
+            }
+            let w = higher.trailing_zeros() as usize;
+            w * 64 + self.words[w].trailing_zeros() as usize
+        };
+        Some(self.heads[c])
+    }
+
+    /// Size of the largest free block.
+    pub(super) fn largest(&self) -> Option<u64> {
+        if self.summary == 0 {
+            return None;
+        }
+        let w = 127 - self.summary.leading_zeros() as usize;
+        let c = w * 64 + 63 - self.words[w].leading_zeros() as usize;
+        Some(c as u64 * MIN_BLOCK_SIZE)
+    }
+
+    /// Every free block id, smallest size first.
+    pub(super) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..CLASSES)
+            .filter(|&c| self.words[c / 64] & (1 << (c % 64)) != 0)
+            .flat_map(move |c| {
+                let mut i = self.heads[c];
+                std::iter::from_fn(move || {
+                    if i == NIL {
+                        return None;
+                    }
+                    let cur = i;
+                    i = self.links[i as usize].1;
+                    Some(cur)
+                })
+            })
+    }
+
+    /// Whether `id` is linked in the list of `size`.
+    pub(super) fn contains(&self, id: u32, size: u64) -> bool {
+        let mut i = self.heads[class(size)];
+        while i != NIL {
+            if i == id {
+                return true;
+            }
+            i = self.links[i as usize].1;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_fit_across_words_and_lifo_within_size() {
+        let mut b = SmallBins::new();
+        assert_eq!(b.first_at_least(512), None);
+        b.insert(1, 1024);
+        b.insert(2, 1 << 20);
+        b.insert(3, 1 << 20);
+        b.insert(4, 2 << 20);
+        assert_eq!(b.first_at_least(512), Some(1));
+        assert_eq!(b.first_at_least(1536), Some(3), "LIFO among equal sizes");
+        assert_eq!(b.largest(), Some(2 << 20));
+        b.remove(3, 1 << 20);
+        assert_eq!(b.first_at_least(1536), Some(2));
+        b.remove(2, 1 << 20);
+        assert_eq!(b.first_at_least(1536), Some(4));
+        b.remove(4, 2 << 20);
+        assert_eq!(b.first_at_least(1536), None);
+        assert_eq!(b.largest(), Some(1024));
+        assert_eq!(b.iter().collect::<Vec<_>>(), vec![1]);
+        assert!(b.contains(1, 1024));
+        b.remove(1, 1024);
+        assert_eq!(b.len(), 0);
+        assert_eq!(b.largest(), None);
+    }
+}
