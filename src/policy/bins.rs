@@ -22,7 +22,7 @@ pub(super) struct SmallBins {
 
 #[inline]
 fn class(size: u64) -> usize {
-    debug_assert!(size % MIN_BLOCK_SIZE == 0 && size <= SMALL_BUFFER);
+    debug_assert!(size.is_multiple_of(MIN_BLOCK_SIZE) && size <= SMALL_BUFFER);
     (size / MIN_BLOCK_SIZE) as usize
 }
 
