@@ -18,6 +18,7 @@ use rustc_hash::FxHashMap;
 use crate::backend::{Backend, StreamId};
 use crate::config::Config;
 use crate::error::{BackendError, Error, Result};
+use crate::history::{Action, Entry, History};
 use crate::oom::OomError;
 use crate::policy::{BlockId, BlockState, ReleasedSegment, Request, SegmentInfo, StreamPools};
 use crate::stats::{self, BlockStats, MemoryStats, SegmentStats};
@@ -56,6 +57,7 @@ struct Device {
     num_device_alloc: AtomicU64,
     num_device_free: AtomicU64,
     raw: Box<[RawShard]>,
+    history: History,
 }
 
 #[inline]
@@ -88,6 +90,7 @@ impl Device {
             raw: (0..RAW_SHARDS)
                 .map(|_| CachePadded::new(Mutex::new(FxHashMap::default())))
                 .collect(),
+            history: History::default(),
         }
     }
 
@@ -400,6 +403,17 @@ impl<B: Backend> CachingAllocator<B> {
 
     #[inline]
     fn alloc_block(&self, dev: &Device, shard: &Shard, size: u64) -> Result<(BlockId, u64)> {
+        let r = self.alloc_block_inner(dev, shard, size);
+        match &r {
+            Ok((_, ptr)) => dev.history.record(Action::Alloc, *ptr, size, shard.stream),
+            Err(Error::OutOfMemory(_)) => dev.history.record(Action::Oom, 0, size, shard.stream),
+            Err(_) => {}
+        }
+        r
+    }
+
+    #[inline]
+    fn alloc_block_inner(&self, dev: &Device, shard: &Shard, size: u64) -> Result<(BlockId, u64)> {
         if size == 0 || size > MAX_REQUEST {
             return Err(Error::InvalidArgument(format!(
                 "cannot allocate {size} bytes (must be 1..={MAX_REQUEST})"
@@ -435,7 +449,7 @@ impl<B: Backend> CachingAllocator<B> {
                 if let Some(b) = g.try_alloc(req, &self.config) {
                     return Ok((b, g.block_addr(b)));
                 }
-                match self.alloc_segment(dev, req) {
+                match self.alloc_segment(dev, req, shard.stream) {
                     Ok(addr) => {
                         let b = g.add_segment_and_alloc(addr, req.segment_size, req, &self.config);
                         return Ok((b, addr));
@@ -458,7 +472,12 @@ impl<B: Backend> CachingAllocator<B> {
     }
 
     /// Ask the backend for a segment, within the memory-fraction limit.
-    fn alloc_segment(&self, dev: &Device, req: &Request) -> Result<u64, BackendError> {
+    fn alloc_segment(
+        &self,
+        dev: &Device,
+        req: &Request,
+        stream: StreamId,
+    ) -> Result<u64, BackendError> {
         let size = req.segment_size;
         let limit = dev.limit.load(Ordering::Relaxed);
         let mut cur = dev.reserved.load(Ordering::Relaxed);
@@ -479,6 +498,7 @@ impl<B: Backend> CachingAllocator<B> {
         match self.backend.alloc_segment(dev.index, size) {
             Ok(addr) => {
                 dev.num_device_alloc.fetch_add(1, Ordering::Relaxed);
+                dev.history.record(Action::SegmentAlloc, addr, size, stream);
                 let mut s = dev.seg_stats.lock();
                 stats::increase(&mut s.segment, req.pool, 1);
                 stats::increase(&mut s.reserved_bytes, req.pool, size);
@@ -504,6 +524,8 @@ impl<B: Backend> CachingAllocator<B> {
             // as gone so the numbers stay consistent (a failed free is reported).
             dev.reserved.fetch_sub(s.size, Ordering::AcqRel);
             dev.num_device_free.fetch_add(1, Ordering::Relaxed);
+            dev.history
+                .record(Action::SegmentFree, s.addr, s.size, s.stream);
             let mut st = dev.seg_stats.lock();
             stats::decrease(&mut st.segment, s.pool, 1);
             stats::decrease(&mut st.reserved_bytes, s.pool, s.size);
@@ -525,7 +547,10 @@ impl<B: Backend> CachingAllocator<B> {
             if !self.backend.query_event(dev.index, ev)? {
                 break;
             }
-            g.complete_oldest_pending();
+            if let Some((_, Some((addr, size)))) = g.complete_oldest_pending() {
+                dev.history
+                    .record(Action::FreeCompleted, addr, size, g.stream());
+            }
             self.backend.release_event(dev.index, ev);
         }
         Ok(())
@@ -535,7 +560,10 @@ impl<B: Backend> CachingAllocator<B> {
     fn sync_events(&self, dev: &Device, g: &mut StreamPools) -> Result<()> {
         while let Some(ev) = g.oldest_pending() {
             self.backend.synchronize_event(dev.index, ev)?;
-            g.complete_oldest_pending();
+            if let Some((_, Some((addr, size)))) = g.complete_oldest_pending() {
+                dev.history
+                    .record(Action::FreeCompleted, addr, size, g.stream());
+            }
             self.backend.release_event(dev.index, ev);
         }
         Ok(())
@@ -605,8 +633,13 @@ impl<B: Backend> CachingAllocator<B> {
         let dev = &self.devices[device];
         let shard = dev.shard_at(slot);
         let mut g = shard.pools.lock();
+        let (addr, size) = (g.block_addr(block), g.block_requested(block));
+        dev.history
+            .record(Action::FreeRequested, addr, size, shard.stream);
         let n = g.free(block, &self.config);
         if n == 0 {
+            dev.history
+                .record(Action::FreeCompleted, addr, size, shard.stream);
             return Ok(());
         }
         let mut failed = None;
@@ -628,8 +661,27 @@ impl<B: Backend> CachingAllocator<B> {
             },
             None => Ok(()),
         };
-        g.finish_free(block);
+        if g.finish_free(block) {
+            dev.history
+                .record(Action::FreeCompleted, addr, size, shard.stream);
+        }
         res
+    }
+
+    /// Start (or stop) recording the event history of every device, keeping at most
+    /// `max_entries` per device (PyTorch's `_record_memory_history`).
+    pub fn record_history(&self, enabled: bool, max_entries: usize) {
+        for d in self.devices.iter() {
+            d.history.set(enabled, max_entries);
+        }
+    }
+
+    /// The recorded history of `device`, oldest first.
+    ///
+    /// # Errors
+    /// An unknown device.
+    pub fn history(&self, device: usize) -> Result<Vec<Entry>> {
+        Ok(self.dev(device)?.history.entries())
     }
 
     /// Return every entirely free segment to the driver (`device`: one device, or all).
@@ -877,6 +929,7 @@ impl<B: Backend> Drop for CachingAllocator<B> {
                         addr: s.addr,
                         size: s.size,
                         pool: s.pool,
+                        stream: s.stream,
                     });
                 }
             }

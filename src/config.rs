@@ -101,3 +101,10 @@ impl Config {
         }
     }
 }
+
+impl fmt::Display for Config {
+    /// Placeholder until the parser lands (replaced on merge).
+    fn fmt(&self, _f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Ok(())
+    }
+}

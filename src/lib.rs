@@ -21,8 +21,10 @@ pub mod allocator;
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod history;
 pub mod oom;
 pub mod policy;
+pub mod snapshot;
 pub mod stats;
 pub mod summary;
 

@@ -278,6 +278,8 @@ pub struct ReleasedSegment {
     pub size: u64,
     /// Pool it belonged to.
     pub pool: PoolKind,
+    /// Stream it belonged to.
+    pub stream: StreamId,
 }
 
 /// Everything one stream of one device holds.
@@ -639,12 +641,15 @@ impl StreamPools {
     /// After [`StreamPools::free`] returned streams and their events were added: forget the
     /// stream list; a block that got no event (recording failed and the front waited
     /// instead) returns to the cache now.
-    pub fn finish_free(&mut self, id: BlockId) {
+    /// Returns whether the block went back to the cache.
+    pub fn finish_free(&mut self, id: BlockId) -> bool {
         let b = &mut self.blocks[id.0 as usize];
         b.stream_uses.clear();
         if b.pending_events == 0 {
             self.return_block(id.0);
+            return true;
         }
+        false
     }
 
     /// The oldest outstanding event, if any.
@@ -654,15 +659,18 @@ impl StreamPools {
     }
 
     /// The oldest outstanding event completed: drop it; its block returns to the cache if it
-    /// was the block's last. Returns the event so the front can release it.
-    pub fn complete_oldest_pending(&mut self) -> Option<EventId> {
+    /// was the block's last. Returns the event (for the front to release) and, when the block
+    /// went back to the cache, its address and requested size.
+    pub fn complete_oldest_pending(&mut self) -> Option<(EventId, Option<(u64, u64)>)> {
         let (ev, i) = self.pending.pop_front()?;
         let b = &mut self.blocks[i as usize];
         b.pending_events -= 1;
         if b.pending_events == 0 {
+            let freed = (b.addr, b.requested);
             self.return_block(i);
+            return Some((ev, Some(freed)));
         }
-        Some(ev)
+        Some((ev, None))
     }
 
     /// Every outstanding event, oldest first (for synchronizing them all).
@@ -742,6 +750,7 @@ impl StreamPools {
             addr: seg.addr,
             size: seg.size,
             pool: seg.pool,
+            stream: self.stream,
         }
     }
 

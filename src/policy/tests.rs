@@ -143,7 +143,10 @@ fn stream_uses_hold_block_until_events_complete() {
         "pending block is not reusable"
     );
     assert_eq!(p.oldest_pending(), Some(42));
-    assert_eq!(p.complete_oldest_pending(), Some(42));
+    assert_eq!(
+        p.complete_oldest_pending(),
+        Some((42, Some((0x1000_0000, MIB))))
+    );
     assert_eq!(p.block_state(a), Some(BlockState::Free));
     assert_eq!(p.stats().active[0].current, 1);
     p.check_invariants(&c).unwrap();
