@@ -53,7 +53,7 @@ fn main() -> ExitCode {
 
 fn config(conf: Option<String>) -> Result<Config, cudalloc::Error> {
     match conf {
-        Some(s) => Ok(Config::parse(&s)?),
+        Some(s) => Ok(Config::parse_from("--conf", &s)?),
         None => {
             let (cfg, notes) = Config::from_env()?;
             for n in notes {
