@@ -139,7 +139,7 @@ fn check_tag(ptr: u64, size: u64, tag: u64) -> bool {
 /// Runs one sequence; returns a description of the first violation.
 fn run(config: Config, ops: &[Op]) -> Result<(), String> {
     let backend = SimBackend::with_devices(DEVICES, 512 * MIB);
-    let mut streams = vec![[0u64; STREAMS]; DEVICES];
+    let mut streams = [[0u64; STREAMS]; DEVICES];
     for s in streams.iter_mut() {
         for x in s.iter_mut().skip(1) {
             *x = backend.create_stream();
