@@ -171,6 +171,21 @@ pub struct CachingAllocator<B: Backend> {
     used: AtomicBool,
 }
 
+impl<B: Backend> std::fmt::Debug for CachingAllocator<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let reserved: Vec<u64> = self
+            .devices
+            .iter()
+            .map(|d| d.reserved.load(Ordering::Relaxed))
+            .collect();
+        f.debug_struct("CachingAllocator")
+            .field("config", &self.config.to_string())
+            .field("devices", &self.devices.len())
+            .field("reserved", &reserved)
+            .finish()
+    }
+}
+
 /// Memory handed out by [`CachingAllocator::malloc`]; returned to the cache on drop.
 pub struct Allocation<'a, B: Backend> {
     alloc: &'a CachingAllocator<B>,
