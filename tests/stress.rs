@@ -60,7 +60,7 @@ fn stress(devices: usize, threads: usize, iters: usize) {
         for t in 0..threads {
             let (alloc, handoff, checked) = (&alloc, &handoff, &checked);
             s.spawn(move || {
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1) * 0x1234_5678);
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) * 0x1234_5678));
                 // Half the threads share a stream; the others have their own.
                 let stream = if t % 2 == 0 {
                     shared_stream
