@@ -210,8 +210,10 @@ fn oom_ladder_waits_for_outstanding_events() {
 
 #[test]
 fn expandable_segments_is_refused_until_supported() {
-    let mut cfg = Config::default();
-    cfg.expandable_segments = true;
+    let cfg = Config {
+        expandable_segments: true,
+        ..Config::default()
+    };
     let e = CachingAllocator::new(SimBackend::new(1 << 30), cfg).unwrap_err();
     assert!(e.to_string().contains("not supported yet"), "{e}");
 }

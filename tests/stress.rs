@@ -72,7 +72,7 @@ fn stress(devices: usize, threads: usize, iters: usize) {
                 let mut live = Vec::new();
                 for i in 0..iters {
                     let size = rng.size();
-                    if rng.next() % 5 == 0 {
+                    if rng.next().is_multiple_of(5) {
                         // A raw allocation freed by whichever thread takes it.
                         let p = alloc.allocate_raw(dev, size, stream).unwrap();
                         fill(p, size, tag ^ 0x55);
@@ -82,15 +82,13 @@ fn stress(devices: usize, threads: usize, iters: usize) {
                         fill(a.ptr(), size, tag);
                         live.push(a);
                     }
-                    if live.len() > 24 || rng.next() % 3 == 0 {
-                        if !live.is_empty() {
-                            let k = (rng.next() as usize) % live.len();
-                            let a = live.swap_remove(k);
-                            assert!(verify(a.ptr(), a.size(), tag), "tag overwritten");
-                            checked.fetch_add(1, Ordering::Relaxed);
-                        }
+                    if (live.len() > 24 || rng.next().is_multiple_of(3)) && !live.is_empty() {
+                        let k = (rng.next() as usize) % live.len();
+                        let a = live.swap_remove(k);
+                        assert!(verify(a.ptr(), a.size(), tag), "tag overwritten");
+                        checked.fetch_add(1, Ordering::Relaxed);
                     }
-                    if rng.next() % 4 == 0 {
+                    if rng.next().is_multiple_of(4) {
                         let item = handoff.lock().unwrap().pop();
                         if let Some((d, p, size, tg)) = item {
                             assert!(verify(p, size, tg), "raw block tag overwritten");
@@ -98,7 +96,7 @@ fn stress(devices: usize, threads: usize, iters: usize) {
                             checked.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    if t == 0 && i % 97 == 0 {
+                    if t == 0 && i.is_multiple_of(97) {
                         alloc.empty_cache(None).unwrap();
                     }
                 }
