@@ -9,6 +9,8 @@
 pub mod cuda;
 pub mod sim;
 
+pub use cuda::CudaBackend;
+
 pub use sim::{SimBackend, SimCounts};
 
 use crate::error::BackendError;

@@ -1,0 +1,154 @@
+//! `CudaBackend` and the allocator over it, against a fake `libcuda.so.1` built by the test
+//! (host memory, counted calls). Each body runs in a child process so that the dynamic
+//! loader finds the fake.
+
+mod common;
+
+use common::{assert_in_child, fake_count, run_child_with_fake_cuda};
+use cudalloc::backend::{Backend, CudaBackend, cuda::driver_available};
+use cudalloc::{BackendError, CachingAllocator, Config, Error};
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn backend_over_fake_driver() {
+    run_child_with_fake_cuda(
+        "child_backend",
+        &[
+            ("FAKE_CUDA_CAPACITY", "104857600"),
+            ("FAKE_CUDA_DEVICES", "2"),
+        ],
+    );
+}
+
+#[test]
+#[ignore = "runs in a child process started by backend_over_fake_driver"]
+fn child_backend() {
+    assert_in_child();
+    assert!(driver_available());
+    let b = CudaBackend::new().expect("fake driver loads");
+    assert_eq!(b.device_count(), 2);
+    let info = b.mem_info(0).unwrap();
+    assert_eq!(info.total, 100 * MIB);
+    assert_eq!(info.free, 100 * MIB);
+    let p = b.alloc_segment(0, 20 * MIB).unwrap();
+    assert_ne!(p, 0);
+    // The memory is real (host) memory in the fake: write through it.
+    // SAFETY: the fake driver backs device pointers with host allocations of that size.
+    unsafe { std::ptr::write_bytes(p as *mut u8, 0xAB, (20 * MIB) as usize) };
+    assert_eq!(b.mem_info(0).unwrap().free, 80 * MIB);
+    assert_eq!(
+        b.mem_info(1).unwrap().free,
+        100 * MIB,
+        "devices are separate"
+    );
+    // Out of memory is its own error.
+    assert_eq!(b.alloc_segment(0, 90 * MIB), Err(BackendError::OutOfMemory));
+    // Anything else is a driver error with the driver's name for it.
+    match b.free_segment(0, 0xdead_beef, 1) {
+        Err(BackendError::Driver { code, message }) => {
+            assert_eq!(code, 1);
+            assert!(message.contains("CUDA_ERROR_INVALID_VALUE"), "{message}");
+        }
+        other => panic!("expected a driver error, got {other:?}"),
+    }
+    assert!(matches!(b.mem_info(5), Err(BackendError::Driver { .. })));
+    b.free_segment(0, p, 20 * MIB).unwrap();
+    assert_eq!(b.mem_info(0).unwrap().free, 100 * MIB);
+    // Events go through the driver and are pooled.
+    let e1 = b.record_event(0, 0).unwrap();
+    assert!(b.query_event(0, e1).unwrap());
+    b.synchronize_event(0, e1).unwrap();
+    b.release_event(0, e1);
+    let e2 = b.record_event(0, 0).unwrap();
+    assert_eq!(e1, e2, "released events are reused");
+    b.release_event(0, e2);
+    assert_eq!(fake_count("cuEventCreate"), 1);
+    assert_eq!(fake_count("cuEventRecord"), 2);
+    assert_eq!(fake_count("cuEventQuery"), 1);
+    assert_eq!(fake_count("cuEventSynchronize"), 1);
+    b.synchronize_device(1).unwrap();
+    assert_eq!(fake_count("cuCtxSynchronize"), 1);
+    // The caller's current context is left as it was (none here).
+    assert_eq!(fake_count("cuDevicePrimaryCtxRetain"), 2);
+    drop(b);
+    assert_eq!(fake_count("cuEventDestroy"), 1);
+    assert_eq!(fake_count("cuDevicePrimaryCtxRelease"), 2);
+}
+
+#[test]
+fn allocator_over_fake_driver() {
+    run_child_with_fake_cuda("child_allocator", &[("FAKE_CUDA_CAPACITY", "104857600")]);
+}
+
+#[test]
+#[ignore = "runs in a child process started by allocator_over_fake_driver"]
+fn child_allocator() {
+    assert_in_child();
+    let alloc = CachingAllocator::new(CudaBackend::new().unwrap(), Config::default()).unwrap();
+    // N malloc/free pairs of one size cost one cuMemAlloc.
+    for _ in 0..1000 {
+        let a = alloc.malloc(3 * MIB, 0).unwrap();
+        // SAFETY: host-backed in the fake; 3 MiB belong to this allocation.
+        unsafe { std::ptr::write_bytes(a.ptr() as *mut u8, 7, (3 * MIB) as usize) };
+    }
+    assert_eq!(fake_count("cuMemAlloc"), 1);
+    assert_eq!(alloc.memory_stats(0).unwrap().num_device_alloc, 1);
+
+    // Out of memory from the driver: cached segments are released and the call retried.
+    let held: Vec<_> = (0..4).map(|_| alloc.malloc(20 * MIB, 0).unwrap()).collect();
+    drop(held); // the first 20 MiB segment is reused, then 3 more: 80 MiB cached
+    assert_eq!(alloc.reserved_bytes(0), 80 * MIB);
+    let frees_before = fake_count("cuMemFree");
+    let big = alloc.malloc(70 * MIB, 0).unwrap();
+    assert!(fake_count("cuMemFree") > frees_before, "cache released");
+    let st = alloc.memory_stats(0).unwrap();
+    assert_eq!(st.num_alloc_retries, 1);
+    assert_eq!(st.num_ooms, 0);
+    drop(big);
+
+    // Events of record_stream go through the driver.
+    let s = 0x1234usize as u64; // the fake accepts any stream handle
+    let a = alloc.malloc(MIB, 0).unwrap();
+    a.record_stream(s);
+    let records = fake_count("cuEventRecord");
+    drop(a);
+    assert_eq!(fake_count("cuEventRecord"), records + 1);
+    let b = alloc.malloc(MIB, 0).unwrap(); // polls the event (complete in the fake)
+    assert!(fake_count("cuEventQuery") >= 1);
+    drop(b);
+
+    // A true OOM is reported with the driver's figures.
+    match alloc.malloc(200 * MIB, 0) {
+        Err(Error::OutOfMemory(e)) => {
+            assert_eq!(e.device_total, 100 * MIB);
+            assert_eq!(e.requested, 200 * MIB);
+        }
+        other => panic!("expected OOM, got {other:?}"),
+    }
+    alloc.check_invariants().unwrap();
+    alloc.empty_cache(None).unwrap();
+    assert_eq!(alloc.reserved_bytes(0), 0);
+    let st = alloc.memory_stats(0).unwrap();
+    assert_eq!(st.num_device_alloc, st.num_device_free);
+    // Every successful cuMemAlloc was matched by a cuMemFree (the others failed with OOM).
+    assert_eq!(fake_count("cuMemFree") as u64, st.num_device_free);
+    let info = alloc.backend().mem_info(0).unwrap();
+    assert_eq!(info.free, info.total, "the fake driver holds nothing");
+}
+
+#[test]
+fn no_driver_is_an_error_not_a_panic() {
+    // This process has no libcuda on its library path (CI and dev machines have no GPU);
+    // where a real driver exists, the check is meaningless and skipped.
+    if driver_available() {
+        eprintln!("a CUDA driver is installed here: skipping the no-driver check");
+        return;
+    }
+    match CudaBackend::new() {
+        Err(BackendError::Driver { message, .. }) => {
+            assert!(message.contains("libcuda"), "{message}")
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
