@@ -1,7 +1,7 @@
 //! Model test: random sequences of allocator operations over the simulated backend, with
 //! every invariant checked after every step.
 //!
-//! Cases: `CUDALLOC_MODEL_CASES` (default 64, what CI runs). For a long local run:
+//! Cases: `CUDALLOC_MODEL_CASES` (default 256, what CI runs). For a long local run:
 //! `CUDALLOC_MODEL_CASES=10000 cargo test --release --test model`.
 
 use std::collections::HashMap;
@@ -445,7 +445,7 @@ fn model_sequences_keep_every_invariant() {
     let cases: u32 = std::env::var("CUDALLOC_MODEL_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
+        .unwrap_or(256);
     let mut runner = TestRunner::new(PtConfig {
         cases,
         failure_persistence: None,
