@@ -24,9 +24,12 @@ pub mod error;
 pub mod history;
 pub mod oom;
 pub mod policy;
+pub mod replay;
 pub mod snapshot;
 pub mod stats;
 pub mod summary;
+pub mod trace;
+pub mod units;
 
 pub use allocator::{Allocation, CachingAllocator};
 pub use backend::{Backend, MemInfo, SimBackend, StreamId};

@@ -1,0 +1,334 @@
+//! The `cudalloc` command-line tool.
+
+mod plot;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cudalloc::replay::{ReplayOptions, ReplayReport, replay_device};
+use cudalloc::trace::read_trace;
+use cudalloc::units::parse_size;
+use cudalloc::{CachingAllocator, Config, SimBackend};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(
+    name = "cudalloc",
+    version,
+    about = "A caching CUDA device-memory allocator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Replay allocation traces (PyTorch memory snapshots, the project's CSV, RMM logs) on a
+    /// simulated device and compare what cudalloc reserves with what PyTorch reserved.
+    Replay {
+        /// Trace files.
+        #[arg(required = true)]
+        traces: Vec<PathBuf>,
+        /// Replay only this device of each trace (default: every device with events).
+        #[arg(long)]
+        device: Option<usize>,
+        /// Allocator configuration (CUDALLOC_CONF syntax); repeat to compare several side by
+        /// side. Default: the settings recorded in the snapshot, else cudalloc's defaults.
+        #[arg(long = "conf")]
+        confs: Vec<String>,
+        /// Simulated device capacity (e.g. 80GiB); default: the trace's device, else 80GiB.
+        #[arg(long, value_parser = parse_size)]
+        capacity: Option<u64>,
+        /// One JSON object per trace, device and configuration, instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Write cudalloc's state and event history after the replay as a PyTorch snapshot
+        /// pickle (several replays: numbered files).
+        #[arg(long)]
+        dump_snapshot: Option<PathBuf>,
+        /// Plot reserved and live bytes over the trace, cudalloc beside PyTorch, as SVG
+        /// (several replays: numbered files).
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Do not replay the program's empty_cache calls (by default cudalloc empties its
+        /// cache where the snapshot shows PyTorch releasing segments).
+        #[arg(long)]
+        no_empty_cache: bool,
+    },
+    /// Run a short training-like workload on a simulated device and print the memory
+    /// summary.
+    Demo {
+        /// Allocator configuration (PYTORCH_CUDA_ALLOC_CONF syntax); default: CUDALLOC_CONF.
+        #[arg(long)]
+        conf: Option<String>,
+        /// Simulated device capacity in GiB.
+        #[arg(long, default_value_t = 16)]
+        capacity_gib: u64,
+        /// Training steps.
+        #[arg(long, default_value_t = 20)]
+        steps: u32,
+    },
+}
+
+struct ReplayArgs {
+    traces: Vec<PathBuf>,
+    device: Option<usize>,
+    confs: Vec<String>,
+    capacity: Option<u64>,
+    json: bool,
+    dump_snapshot: Option<PathBuf>,
+    plot: Option<PathBuf>,
+    no_empty_cache: bool,
+}
+
+/// `PATH` for the first output, `PATH-2.ext`, `PATH-3.ext`... for the next ones.
+fn numbered(path: &Path, k: usize) -> PathBuf {
+    if k == 0 {
+        return path.to_path_buf();
+    }
+    let stem = path
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into());
+    let name = match path.extension() {
+        Some(e) => format!("{stem}-{}.{}", k + 1, e.to_string_lossy()),
+        None => format!("{stem}-{}", k + 1),
+    };
+    path.with_file_name(name)
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+}
+
+fn replay(args: ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut configs: Vec<Option<Config>> = Vec::new();
+    for c in &args.confs {
+        configs.push(Some(Config::parse_from("--conf", c)?));
+    }
+    if configs.is_empty() {
+        configs.push(None);
+    }
+    let mut k = 0;
+    for path in &args.traces {
+        let trace = read_trace(path, args.device)?;
+        if trace.devices.is_empty() {
+            return Err(format!("{}: no events", path.display()).into());
+        }
+        for dev in &trace.devices {
+            let mut reports = Vec::new();
+            for cfg in &configs {
+                let opts = ReplayOptions {
+                    config: cfg.clone(),
+                    capacity: args.capacity,
+                    series_points: if args.plot.is_some() { 2000 } else { 0 },
+                    record_history: args.dump_snapshot.is_some(),
+                    follow_empty_cache: !args.no_empty_cache,
+                };
+                let total = (dev.initial_live.len() + dev.events.len()) as u64;
+                let bar = ProgressBar::new(total);
+                bar.set_style(
+                    ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} events ({eta})")
+                        .expect("valid template")
+                        .progress_chars("=> "),
+                );
+                bar.set_message(format!(
+                    "replaying {}",
+                    path.file_name().unwrap_or_default().to_string_lossy()
+                ));
+                let r = replay_device(&trace, dev, &opts, |n| bar.set_position(n))?;
+                bar.finish_and_clear();
+                for n in &r.notes {
+                    eprintln!("cudalloc: {}: {n}", r.trace);
+                }
+                if let (Some(p), Some(bytes)) = (&args.dump_snapshot, &r.snapshot) {
+                    let out = numbered(p, k);
+                    std::fs::write(&out, bytes)?;
+                    eprintln!("cudalloc: snapshot written to {}", out.display());
+                }
+                if let Some(p) = &args.plot {
+                    let out = numbered(p, k);
+                    plot::write_svg(&out, &r)?;
+                    eprintln!("cudalloc: plot written to {}", out.display());
+                }
+                k += 1;
+                if args.json {
+                    println!("{}", json_line(&r));
+                }
+                reports.push(r);
+            }
+            if !args.json {
+                print_table(&reports);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn json_line(r: &ReplayReport) -> String {
+    serde_json::json!({
+        "trace": r.trace,
+        "device": r.device,
+        "config": r.config,
+        "events": r.events,
+        "peak_allocated": r.peak_allocated,
+        "peak_reserved": r.peak_reserved,
+        "pytorch_peak_reserved": r.pytorch_peak_reserved,
+        "device_allocs": r.device_allocs,
+        "pytorch_segment_allocs": r.pytorch_segment_allocs,
+        "ooms": r.ooms,
+        "seconds": r.seconds,
+        "events_per_second": r.events_per_second(),
+    })
+    .to_string()
+}
+
+fn print_table(reports: &[ReplayReport]) {
+    let Some(first) = reports.first() else {
+        return;
+    };
+    let lower = first.peak_allocated;
+    println!("{} (device {})", first.trace, first.device);
+    println!("  events replayed:            {}", first.events);
+    println!("  peak live (lower bound):    {}", mib(lower));
+    if let Some(p) = first.pytorch_peak_reserved {
+        println!(
+            "  PyTorch peak reserved:      {}  (+{:.1} % over the bound)  segment allocs: {}",
+            mib(p),
+            ReplayReport::overhead_pct(p, lower),
+            first.pytorch_segment_allocs.unwrap_or(0)
+        );
+    } else {
+        println!("  PyTorch peak reserved:      unknown (the trace has no segment figures)");
+    }
+    for r in reports {
+        let conf = if r.config.is_empty() {
+            "defaults".to_string()
+        } else {
+            r.config.clone()
+        };
+        let vs = r
+            .pytorch_peak_reserved
+            .map(|p| {
+                let d = r.peak_reserved as f64 - p as f64;
+                if d == 0.0 {
+                    "; same as PyTorch".to_string()
+                } else {
+                    format!("; {:+.1} % vs PyTorch", d / p.max(1) as f64 * 100.0)
+                }
+            })
+            .unwrap_or_default();
+        println!(
+            "  cudalloc peak reserved:     {}  (+{:.1} % over the bound{vs})  device allocs: {}  OOMs: {}  [{conf}]",
+            mib(r.peak_reserved),
+            ReplayReport::overhead_pct(r.peak_reserved, lower),
+            r.device_allocs,
+            r.ooms,
+        );
+        println!(
+            "  replay time:                {:.4} s ({:.1} M events/s)",
+            r.seconds,
+            r.events_per_second() / 1e6,
+        );
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res: Result<(), Box<dyn std::error::Error>> = match cli.cmd {
+        Cmd::Replay {
+            traces,
+            device,
+            confs,
+            capacity,
+            json,
+            dump_snapshot,
+            plot,
+            no_empty_cache,
+        } => replay(ReplayArgs {
+            traces,
+            device,
+            confs,
+            capacity,
+            json,
+            dump_snapshot,
+            plot,
+            no_empty_cache,
+        }),
+        Cmd::Demo {
+            conf,
+            capacity_gib,
+            steps,
+        } => demo(conf, capacity_gib, steps).map_err(Into::into),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cudalloc: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config(conf: Option<String>) -> Result<Config, cudalloc::Error> {
+    match conf {
+        Some(s) => Ok(Config::parse_from("--conf", &s)?),
+        None => {
+            let (cfg, notes) = Config::from_env()?;
+            for n in notes {
+                eprintln!("{n}");
+            }
+            Ok(cfg)
+        }
+    }
+}
+
+/// A toy transformer-like step: persistent weights and optimizer state, then per step
+/// activations of a few shapes, gradients, and frees in reverse order.
+fn demo(conf: Option<String>, capacity_gib: u64, steps: u32) -> Result<(), cudalloc::Error> {
+    let cfg = config(conf)?;
+    let backend = SimBackend::new(capacity_gib << 30).auto_complete();
+    let alloc = CachingAllocator::new(backend, cfg)?;
+    let stream = 0;
+    let layers = 12u64;
+    let hidden = 768u64;
+    let mut weights = Vec::new();
+    for _ in 0..layers {
+        for size in [
+            hidden * hidden * 4 * 4,
+            hidden * hidden * 4 * 3,
+            hidden * 4 * 6,
+        ] {
+            weights.push(alloc.malloc(size, stream)?);
+            weights.push(alloc.malloc(size, stream)?); // optimizer state
+        }
+    }
+    for step in 0..steps as u64 {
+        let seq = 128 + (step % 4) * 64;
+        let mut acts = Vec::new();
+        for _ in 0..layers {
+            acts.push(alloc.malloc(seq * hidden * 4 * 4, stream)?);
+            acts.push(alloc.malloc(seq * seq * 12 * 4, stream)?);
+            acts.push(alloc.malloc(seq * hidden * 4, stream)?);
+            let tmp = alloc.malloc(seq * 4 + 100, stream)?;
+            drop(tmp);
+        }
+        let mut grads = Vec::new();
+        while let Some(a) = acts.pop() {
+            grads.push(alloc.malloc(a.size() / 2 + 512, stream)?);
+            drop(a);
+        }
+        drop(grads);
+    }
+    println!("{}", alloc.memory_summary(0)?);
+    let s = alloc.memory_stats(0)?;
+    println!(
+        "steps: {steps}; peak allocated {} MiB, peak reserved {} MiB, device allocations {}",
+        s.blocks.allocated_bytes[0].peak >> 20,
+        s.segments.reserved_bytes[0].peak >> 20,
+        s.num_device_alloc
+    );
+    drop(weights);
+    Ok(())
+}

@@ -1,0 +1,238 @@
+//! Replay a trace through the allocator on a simulated device and report what it reserved,
+//! beside what PyTorch reserved on the same workload.
+
+use std::time::Instant;
+
+use rustc_hash::FxHashMap;
+
+use crate::allocator::CachingAllocator;
+use crate::backend::SimBackend;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::trace::{DeviceTrace, EventKind, Trace};
+
+/// Default simulated capacity when the trace does not know the device's.
+pub const DEFAULT_CAPACITY: u64 = 80 << 30;
+
+/// How to replay.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Configuration; `None`: the trace's recorded settings, else the defaults.
+    pub config: Option<Config>,
+    /// Simulated capacity; `None`: the trace's device total, else [`DEFAULT_CAPACITY`].
+    pub capacity: Option<u64>,
+    /// Keep a sampled series (for plots), at most about this many points; 0: none.
+    pub series_points: usize,
+    /// Record the allocator's event history (for `--dump-snapshot`).
+    pub record_history: bool,
+    /// Call `empty_cache` where the traced program released PyTorch's segments
+    /// (`segment_free` events): the program's own `torch.cuda.empty_cache()` calls.
+    pub follow_empty_cache: bool,
+}
+
+/// One sample of the series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Point {
+    /// Event index.
+    pub event: usize,
+    /// Live requested bytes.
+    pub live: u64,
+    /// cudalloc's reserved bytes.
+    pub reserved: u64,
+    /// PyTorch's reserved bytes, when known.
+    pub pytorch_reserved: Option<u64>,
+}
+
+/// What a replay measured.
+#[derive(Debug, Clone)]
+pub struct ReplayReport {
+    /// Trace path.
+    pub trace: String,
+    /// Device index in the trace.
+    pub device: usize,
+    /// The configuration used, as a `CUDALLOC_CONF` string ("" = defaults).
+    pub config: String,
+    /// Alloc and free events replayed (blocks live at the start included as allocs).
+    pub events: u64,
+    /// Peak live bytes: the lower bound on any allocator's reserved memory.
+    pub peak_allocated: u64,
+    /// cudalloc's peak reserved bytes.
+    pub peak_reserved: u64,
+    /// PyTorch's peak reserved bytes on the traced run, when the trace has its segments.
+    pub pytorch_peak_reserved: Option<u64>,
+    /// cudalloc's device (segment) allocations.
+    pub device_allocs: u64,
+    /// PyTorch's segment allocations in the trace, when known.
+    pub pytorch_segment_allocs: Option<u64>,
+    /// Allocations that failed for lack of (simulated) memory.
+    pub ooms: u64,
+    /// Wall time of the replay loop.
+    pub seconds: f64,
+    /// Sampled series (empty unless asked for).
+    pub series: Vec<Point>,
+    /// The snapshot pickle after the replay (when history was recorded).
+    pub snapshot: Option<Vec<u8>>,
+    /// Notes (settings that could not be applied).
+    pub notes: Vec<String>,
+}
+
+impl ReplayReport {
+    /// Overhead of peak reserved over the lower bound, in percent.
+    pub fn overhead_pct(reserved: u64, lower: u64) -> f64 {
+        if lower == 0 {
+            0.0
+        } else {
+            (reserved as f64 / lower as f64 - 1.0) * 100.0
+        }
+    }
+
+    /// Replayed events per second.
+    pub fn events_per_second(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.events as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Replay one device of a trace. `progress` is called now and then with the number of
+/// events done.
+///
+/// # Errors
+/// A configuration the allocator refuses; an internal error.
+pub fn replay_device(
+    trace: &Trace,
+    dev: &DeviceTrace,
+    opts: &ReplayOptions,
+    mut progress: impl FnMut(u64),
+) -> Result<ReplayReport> {
+    let mut notes = Vec::new();
+    let config = match &opts.config {
+        Some(c) => c.clone(),
+        None => {
+            notes.extend(dev.settings_notes.iter().cloned());
+            dev.settings.clone().unwrap_or_default()
+        }
+    };
+    let capacity = opts
+        .capacity
+        .or(dev.device_total)
+        .unwrap_or(DEFAULT_CAPACITY);
+    let backend = SimBackend::new(capacity).virtual_only().auto_complete();
+    let alloc = CachingAllocator::new(backend, config.clone())?;
+    if opts.record_history {
+        alloc.record_history(true, usize::MAX);
+    }
+    let py_series = dev.pytorch_reserved_series();
+    let total_events = (dev.initial_live.len() + dev.events.len()) as u64;
+    let step = dev
+        .events
+        .len()
+        .checked_div(opts.series_points)
+        .map_or(usize::MAX, |s| s.max(1));
+    let mut map: FxHashMap<u64, u64> = FxHashMap::default();
+    map.reserve(dev.initial_live.len() + 1024);
+    let mut live: u64 = 0;
+    let mut peak_live: u64 = 0;
+    let mut peak_reserved: u64 = 0;
+    let mut ooms = 0u64;
+    let mut replayed = 0u64;
+    let mut series = Vec::new();
+    let started = Instant::now();
+
+    let mut do_alloc = |addr: u64,
+                        size: u64,
+                        stream: u64,
+                        map: &mut FxHashMap<u64, u64>,
+                        live: &mut u64|
+     -> Result<()> {
+        if size == 0 {
+            return Ok(());
+        }
+        match alloc.allocate_raw(0, size, stream) {
+            Ok(p) => {
+                map.insert(addr, p);
+                *live += size;
+                Ok(())
+            }
+            Err(Error::OutOfMemory(_)) => {
+                ooms += 1;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    };
+    let mut sizes: FxHashMap<u64, u64> = FxHashMap::default();
+    for b in &dev.initial_live {
+        do_alloc(b.addr, b.size, b.stream, &mut map, &mut live)?;
+        sizes.insert(b.addr, b.size);
+        replayed += 1;
+    }
+    peak_live = peak_live.max(live);
+    peak_reserved = peak_reserved.max(alloc.reserved_bytes(0));
+    let mut prev_kind = None;
+    for (i, e) in dev.events.iter().enumerate() {
+        match e.kind {
+            // PyTorch returns segments outside an out-of-memory retry only when the program
+            // calls empty_cache (or under garbage collection): replay the call, once per
+            // burst of releases.
+            EventKind::SegmentFree
+                if opts.follow_empty_cache && prev_kind != Some(EventKind::SegmentFree) =>
+            {
+                alloc.empty_cache(Some(0))?;
+            }
+            EventKind::Alloc => {
+                do_alloc(e.addr, e.size, e.stream, &mut map, &mut live)?;
+                sizes.insert(e.addr, e.size);
+                peak_live = peak_live.max(live);
+                peak_reserved = peak_reserved.max(alloc.reserved_bytes(0));
+                replayed += 1;
+            }
+            EventKind::Free => {
+                if let Some(p) = map.remove(&e.addr) {
+                    alloc.free_raw(0, p)?;
+                    live -= sizes.remove(&e.addr).unwrap_or(0);
+                }
+                replayed += 1;
+            }
+            _ => {}
+        }
+        prev_kind = Some(e.kind);
+        if i.is_multiple_of(step) {
+            series.push(Point {
+                event: i,
+                live,
+                reserved: alloc.reserved_bytes(0),
+                pytorch_reserved: py_series.as_ref().map(|s| s[i]),
+            });
+        }
+        if i.is_multiple_of(65536) {
+            progress(i as u64 + dev.initial_live.len() as u64);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    progress(total_events);
+    let stats = alloc.memory_stats(0)?;
+    let snapshot = if opts.record_history {
+        Some(alloc.snapshot_pickle()?)
+    } else {
+        None
+    };
+    Ok(ReplayReport {
+        trace: trace.path.clone(),
+        device: dev.device,
+        config: config.to_string(),
+        events: replayed,
+        peak_allocated: dev.peak_live_bytes().max(peak_live),
+        peak_reserved: peak_reserved.max(stats.segments.reserved_bytes[0].peak as u64),
+        pytorch_peak_reserved: dev.pytorch_peak_reserved(),
+        device_allocs: stats.num_device_alloc,
+        pytorch_segment_allocs: dev.pytorch_segment_allocs(),
+        ooms,
+        seconds,
+        series,
+        snapshot,
+        notes,
+    })
+}
