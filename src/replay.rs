@@ -25,9 +25,10 @@ pub struct ReplayOptions {
     pub series_points: usize,
     /// Record the allocator's event history (for `--dump-snapshot`).
     pub record_history: bool,
-    /// Call `empty_cache` where the traced program released PyTorch's segments
-    /// (`segment_free` events): the program's own `torch.cuda.empty_cache()` calls.
-    pub follow_empty_cache: bool,
+    /// Do not call `empty_cache` where the traced program released PyTorch's segments
+    /// (`segment_free` events, the program's own `torch.cuda.empty_cache()` calls), which a
+    /// replay does by default.
+    pub ignore_empty_cache: bool,
 }
 
 /// One sample of the series.
@@ -178,7 +179,7 @@ pub fn replay_device(
             // calls empty_cache (or under garbage collection): replay the call, once per
             // burst of releases.
             EventKind::SegmentFree
-                if opts.follow_empty_cache && prev_kind != Some(EventKind::SegmentFree) =>
+                if !opts.ignore_empty_cache && prev_kind != Some(EventKind::SegmentFree) =>
             {
                 alloc.empty_cache(Some(0))?;
             }

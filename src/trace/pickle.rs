@@ -439,7 +439,10 @@ mod tests {
         let e = load(b"\x80\x04\x8c\x05ab").unwrap_err();
         assert!(e.contains("truncated"), "{e}");
         let e = load(b"\x80\x04\xff").unwrap_err();
-        assert!(e.contains("unsupported pickle opcode 0xff at byte 2"), "{e}");
+        assert!(
+            e.contains("unsupported pickle opcode 0xff at byte 2"),
+            "{e}"
+        );
         assert!(load(b"hello").is_err());
     }
 }

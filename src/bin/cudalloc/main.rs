@@ -124,7 +124,7 @@ fn replay(args: ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
                     capacity: args.capacity,
                     series_points: if args.plot.is_some() { 2000 } else { 0 },
                     record_history: args.dump_snapshot.is_some(),
-                    follow_empty_cache: !args.no_empty_cache,
+                    ignore_empty_cache: args.no_empty_cache,
                 };
                 let total = (dev.initial_live.len() + dev.events.len()) as u64;
                 let bar = ProgressBar::new(total);
