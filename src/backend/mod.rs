@@ -87,3 +87,130 @@ pub trait Backend: Send + Sync + 'static {
     /// A driver error.
     fn synchronize_device(&self, device: usize) -> Result<(), BackendError>;
 }
+
+/// Either backend, chosen at run time (the C library and the preload shim use this).
+#[derive(Debug)]
+pub enum AnyBackend {
+    /// The real driver.
+    Cuda(CudaBackend),
+    /// A simulated device (boxed: it is much larger than the driver handle).
+    Sim(Box<SimBackend>),
+}
+
+/// Default capacity of a simulated device from the environment.
+pub const DEFAULT_SIM_CAPACITY: u64 = 16 << 30;
+
+impl AnyBackend {
+    /// The backend the environment asks for: `CUDALLOC_BACKEND=cuda` (default) or `sim`,
+    /// with `CUDALLOC_SIM_CAPACITY` (e.g. `24GiB`) and `CUDALLOC_SIM_DEVICES` for the
+    /// simulator (host-backed memory, events complete at once).
+    ///
+    /// # Errors
+    /// A malformed variable, or the CUDA driver failing to start.
+    pub fn from_env() -> Result<AnyBackend, String> {
+        AnyBackend::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// [`AnyBackend::from_env`] over any variable lookup.
+    ///
+    /// # Errors
+    /// As [`AnyBackend::from_env`].
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<AnyBackend, String> {
+        match get("CUDALLOC_BACKEND").as_deref().map(str::trim) {
+            None | Some("") | Some("cuda") => CudaBackend::new()
+                .map(AnyBackend::Cuda)
+                .map_err(|e| format!("CUDA backend: {e}")),
+            Some("sim") => {
+                let capacity = match get("CUDALLOC_SIM_CAPACITY") {
+                    Some(s) => crate::units::parse_size(&s)
+                        .map_err(|e| format!("CUDALLOC_SIM_CAPACITY: {e}"))?,
+                    None => DEFAULT_SIM_CAPACITY,
+                };
+                let devices = match get("CUDALLOC_SIM_DEVICES") {
+                    Some(s) => s
+                        .trim()
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=64).contains(n))
+                        .ok_or_else(|| {
+                            format!("CUDALLOC_SIM_DEVICES: '{s}' is not a number from 1 to 64")
+                        })?,
+                    None => 1,
+                };
+                Ok(AnyBackend::Sim(Box::new(
+                    SimBackend::with_devices(devices, capacity).auto_complete(),
+                )))
+            }
+            Some(other) => Err(format!(
+                "CUDALLOC_BACKEND: unknown backend '{other}' (cuda or sim)"
+            )),
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $b:ident => $e:expr) => {
+        match $self {
+            AnyBackend::Cuda($b) => $e,
+            AnyBackend::Sim($b) => $e,
+        }
+    };
+}
+
+impl Backend for AnyBackend {
+    fn device_count(&self) -> usize {
+        delegate!(self, b => b.device_count())
+    }
+    fn alloc_segment(&self, device: usize, size: u64) -> Result<u64, BackendError> {
+        delegate!(self, b => b.alloc_segment(device, size))
+    }
+    fn free_segment(&self, device: usize, addr: u64, size: u64) -> Result<(), BackendError> {
+        delegate!(self, b => b.free_segment(device, addr, size))
+    }
+    fn mem_info(&self, device: usize) -> Result<MemInfo, BackendError> {
+        delegate!(self, b => b.mem_info(device))
+    }
+    fn record_event(&self, device: usize, stream: StreamId) -> Result<EventId, BackendError> {
+        delegate!(self, b => b.record_event(device, stream))
+    }
+    fn query_event(&self, device: usize, event: EventId) -> Result<bool, BackendError> {
+        delegate!(self, b => b.query_event(device, event))
+    }
+    fn synchronize_event(&self, device: usize, event: EventId) -> Result<(), BackendError> {
+        delegate!(self, b => b.synchronize_event(device, event))
+    }
+    fn release_event(&self, device: usize, event: EventId) {
+        delegate!(self, b => b.release_event(device, event))
+    }
+    fn synchronize_device(&self, device: usize) -> Result<(), BackendError> {
+        delegate!(self, b => b.synchronize_device(device))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_from_environment() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|p| p.0 == k).map(|p| p.1.to_string())
+        };
+        let b = AnyBackend::from_vars(vars(&[
+            ("CUDALLOC_BACKEND", "sim"),
+            ("CUDALLOC_SIM_CAPACITY", "2GiB"),
+            ("CUDALLOC_SIM_DEVICES", "3"),
+        ]))
+        .unwrap();
+        assert_eq!(b.device_count(), 3);
+        assert_eq!(b.mem_info(2).unwrap().total, 2 << 30);
+        let e = AnyBackend::from_vars(vars(&[("CUDALLOC_BACKEND", "tpu")])).unwrap_err();
+        assert!(e.contains("unknown backend 'tpu'"), "{e}");
+        let e = AnyBackend::from_vars(vars(&[
+            ("CUDALLOC_BACKEND", "sim"),
+            ("CUDALLOC_SIM_CAPACITY", "lots"),
+        ]))
+        .unwrap_err();
+        assert!(e.contains("CUDALLOC_SIM_CAPACITY"), "{e}");
+    }
+}

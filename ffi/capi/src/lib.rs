@@ -1,0 +1,518 @@
+//! cudalloc's C library (`libcudalloc.so`, `libcudalloc.a`): the functions of
+//! `ffi/include/cudalloc.h` over one process-wide [`CachingAllocator`].
+//!
+//! Every exported function runs its body inside [`boundary`], so a panic becomes
+//! `CUDALLOC_ERROR_INTERNAL` (or NULL) and never unwinds into C; errors leave a message for
+//! `cudalloc_last_error()` on the calling thread. The header is the contract: `bindings.rs`
+//! is bindgen's output for it, and the build checks every declared function against the
+//! definition here (see build.rs).
+
+use std::cell::RefCell;
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
+
+use core::backend::AnyBackend;
+use core::{CachingAllocator, Config, Error, MemoryStats};
+use parking_lot::Mutex;
+
+#[allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    dead_code,
+    clippy::all
+)]
+mod generated {
+    include!("bindings.rs");
+}
+
+use generated::{cudaStream_t, cudalloc_stat_t, cudalloc_stats_t, cudalloc_status as S};
+
+// Every header function is defined here with the header's exact signature.
+include!(concat!(env!("OUT_DIR"), "/checks.rs"));
+
+type Alloc = CachingAllocator<AnyBackend>;
+
+static ALLOC: OnceLock<Result<Alloc, String>> = OnceLock::new();
+static PENDING_CONF: Mutex<Option<Config>> = Mutex::new(None);
+
+thread_local! {
+    static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
+}
+
+fn set_error(msg: impl Into<String>) {
+    let s = msg.into().replace('\0', " ");
+    LAST_ERROR.with(|e| *e.borrow_mut() = CString::new(s).ok());
+}
+
+fn clear_error() {
+    LAST_ERROR.with(|e| *e.borrow_mut() = None);
+}
+
+/// The status and message for a library error.
+fn fail(e: &Error) -> c_int {
+    set_error(e.to_string());
+    let s = match e {
+        Error::OutOfMemory(_) => S::CUDALLOC_ERROR_OUT_OF_MEMORY,
+        Error::Backend(_) => S::CUDALLOC_ERROR_DRIVER,
+        Error::Config(_) => S::CUDALLOC_ERROR_CONFIG,
+        Error::InvalidArgument(m) if m.starts_with("device ") => S::CUDALLOC_ERROR_INVALID_DEVICE,
+        Error::InvalidArgument(_) => S::CUDALLOC_ERROR_INVALID_ARGUMENT,
+        Error::UnknownPointer(_) => S::CUDALLOC_ERROR_UNKNOWN_POINTER,
+        Error::Internal(_) => S::CUDALLOC_ERROR_INTERNAL,
+    };
+    s as c_int
+}
+
+fn status(s: S, msg: impl Into<String>) -> c_int {
+    set_error(msg);
+    s as c_int
+}
+
+/// Run `f`, turning a panic into `on_panic` (with a message) so nothing unwinds into C.
+fn boundary<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
+    clear_error();
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            set_error(format!("internal error in cudalloc (panic): {what}"));
+            on_panic
+        }
+    }
+}
+
+/// The process-wide allocator, created on first use.
+fn allocator() -> Result<&'static Alloc, c_int> {
+    let r = ALLOC.get_or_init(|| {
+        let config = match PENDING_CONF.lock().take() {
+            Some(c) => c,
+            None => {
+                let (c, notes) = Config::from_env().map_err(|e| e.to_string())?;
+                for n in notes {
+                    eprintln!("{n}");
+                }
+                c
+            }
+        };
+        let backend = AnyBackend::from_env()?;
+        CachingAllocator::new(backend, config).map_err(|e| e.to_string())
+    });
+    match r {
+        Ok(a) => Ok(a),
+        Err(e) => Err(status(
+            S::CUDALLOC_ERROR_INIT,
+            format!("cudalloc could not start: {e}"),
+        )),
+    }
+}
+
+fn device_index(a: &Alloc, device: c_int) -> Result<usize, c_int> {
+    if device < 0 || device as usize >= a.device_count() {
+        return Err(status(
+            S::CUDALLOC_ERROR_INVALID_DEVICE,
+            format!(
+                "device {device} does not exist ({} device(s))",
+                a.device_count()
+            ),
+        ));
+    }
+    Ok(device as usize)
+}
+
+fn malloc_impl(size: i64, device: c_int, stream: u64) -> *mut c_void {
+    if size == 0 {
+        return std::ptr::null_mut();
+    }
+    if size < 0 {
+        set_error(format!("cannot allocate a negative size ({size})"));
+        return std::ptr::null_mut();
+    }
+    let a = match allocator() {
+        Ok(a) => a,
+        Err(_) => return std::ptr::null_mut(),
+    };
+    let Ok(d) = device_index(a, device) else {
+        return std::ptr::null_mut();
+    };
+    match a.allocate_raw(d, size as u64, stream) {
+        Ok(p) => p as *mut c_void,
+        Err(e) => {
+            fail(&e);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+fn free_impl(ptr: *mut c_void, device: c_int) {
+    if ptr.is_null() {
+        return;
+    }
+    let Ok(a) = allocator() else {
+        return;
+    };
+    let Ok(d) = device_index(a, device) else {
+        return;
+    };
+    if let Err(e) = a.free_raw(d, ptr as u64) {
+        fail(&e);
+    }
+}
+
+/// See the header.
+#[unsafe(no_mangle)]
+pub extern "C" fn cudalloc_malloc(size: isize, device: c_int, stream: cudaStream_t) -> *mut c_void {
+    boundary(std::ptr::null_mut(), || {
+        malloc_impl(size as i64, device, stream as u64)
+    })
+}
+
+/// See the header.
+#[unsafe(no_mangle)]
+pub extern "C" fn cudalloc_free(
+    ptr: *mut c_void,
+    _size: isize,
+    device: c_int,
+    _stream: cudaStream_t,
+) {
+    boundary((), || free_impl(ptr, device))
+}
+
+/// See the header.
+#[unsafe(no_mangle)]
+pub extern "C" fn cudalloc_cupy_malloc(
+    _param: *mut c_void,
+    size: usize,
+    device: c_int,
+) -> *mut c_void {
+    boundary(std::ptr::null_mut(), || {
+        if size > i64::MAX as usize {
+            set_error(format!("cannot allocate {size} bytes"));
+            return std::ptr::null_mut();
+        }
+        malloc_impl(size as i64, device, 0)
+    })
+}
+
+/// See the header.
+#[unsafe(no_mangle)]
+pub extern "C" fn cudalloc_cupy_free(_param: *mut c_void, ptr: *mut c_void, device: c_int) {
+    boundary((), || free_impl(ptr, device))
+}
+
+/// See the header.
+#[unsafe(no_mangle)]
+pub extern "C" fn cudalloc_record_stream(
+    ptr: *mut c_void,
+    device: c_int,
+    stream: cudaStream_t,
+) -> c_int {
+    boundary(S::CUDALLOC_ERROR_INTERNAL as c_int, || {
+        if ptr.is_null() {
+            return status(S::CUDALLOC_ERROR_NULL_ARGUMENT, "ptr is NULL");
+        }
+        let a = match allocator() {
+            Ok(a) => a,
+            Err(s) => return s,
+        };
+        let d = match device_index(a, device) {
+            Ok(d) => d,
+            Err(s) => return s,
+        };
+        match a.record_stream_raw(d, ptr as u64, stream as u64) {
+            Ok(()) => S::CUDALLOC_OK as c_int,
+            Err(e) => fail(&e),
+        }
+    })
+}
+
+/// Run `f` on the allocator and one valid device.
+fn with_device(device: c_int, f: impl FnOnce(&Alloc, usize) -> Result<(), Error>) -> c_int {
+    boundary(S::CUDALLOC_ERROR_INTERNAL as c_int, || {
+        let a = match allocator() {
+            Ok(a) => a,
+            Err(s) => return s,
+        };
+        let d = match device_index(a, device) {
+            Ok(d) => d,
+            Err(s) => return s,
+        };
+        match f(a, d) {
+            Ok(()) => S::CUDALLOC_OK as c_int,
+            Err(e) => fail(&e),
+        }
+    })
+}
+
+/// See the header.
+#[unsafe(no_mangle)]
+pub extern "C" fn cudalloc_empty_cache(device: c_int) -> c_int {
+    if device == -1 {
+        return boundary(S::CUDALLOC_ERROR_INTERNAL as c_int, || {
+            let a = match allocator() {
+                Ok(a) => a,
+                Err(s) => return s,
+            };
+            match a.empty_cache(None) {
+                Ok(()) => S::CUDALLOC_OK as c_int,
+                Err(e) => fail(&e),
+            }
+        });
+    }
+    with_device(device, |a, d| a.empty_cache(Some(d)))
+}
+
+/// See the header.
+#[unsafe(no_mangle)]
+pub extern "C" fn cudalloc_set_memory_fraction(fraction: f64, device: c_int) -> c_int {
+    with_device(device, |a, d| a.set_memory_fraction(d, fraction))
+}
+
+fn c_stat(s: &core::stats::Stat) -> cudalloc_stat_t {
+    cudalloc_stat_t {
+        current: s.current,
+        peak: s.peak,
+        allocated: s.allocated,
+        freed: s.freed,
+    }
+}
+
+fn c_stats(m: &MemoryStats) -> cudalloc_stats_t {
+    let arr = |a: &core::stats::StatArray| [c_stat(&a[0]), c_stat(&a[1]), c_stat(&a[2])];
+    let b = &m.blocks;
+    let s = &m.segments;
+    cudalloc_stats_t {
+        struct_size: std::mem::size_of::<cudalloc_stats_t>(),
+        version: generated::CUDALLOC_STATS_VERSION,
+        reserved_padding: 0,
+        allocation: arr(&b.allocation),
+        segment: arr(&s.segment),
+        active: arr(&b.active),
+        inactive_split: arr(&b.inactive_split),
+        allocated_bytes: arr(&b.allocated_bytes),
+        reserved_bytes: arr(&s.reserved_bytes),
+        active_bytes: arr(&b.active_bytes),
+        inactive_split_bytes: arr(&b.inactive_split_bytes),
+        requested_bytes: arr(&b.requested_bytes),
+        oversize_allocations: c_stat(&b.oversize_allocations),
+        oversize_segments: c_stat(&s.oversize_segments),
+        num_alloc_retries: m.num_alloc_retries,
+        num_ooms: m.num_ooms,
+        num_sync_all_streams: m.num_sync_all_streams,
+        num_device_alloc: m.num_device_alloc,
+        num_device_free: m.num_device_free,
+        max_split_size: m.max_split_size,
+    }
+}
+
+/// Smallest `out_size` accepted: the header fields (size and version).
+const STATS_HEADER: usize = 16;
+
+/// See the header.
+///
+/// # Safety
+/// `out` must point to at least `out_size` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudalloc_get_stats(
+    device: c_int,
+    out: *mut cudalloc_stats_t,
+    out_size: usize,
+) -> c_int {
+    boundary(S::CUDALLOC_ERROR_INTERNAL as c_int, || {
+        if out.is_null() {
+            return status(S::CUDALLOC_ERROR_NULL_ARGUMENT, "out is NULL");
+        }
+        if out_size < STATS_HEADER {
+            return status(
+                S::CUDALLOC_ERROR_STRUCT_SIZE,
+                format!("out_size {out_size} is smaller than the {STATS_HEADER}-byte header"),
+            );
+        }
+        let a = match allocator() {
+            Ok(a) => a,
+            Err(s) => return s,
+        };
+        let d = match device_index(a, device) {
+            Ok(d) => d,
+            Err(s) => return s,
+        };
+        let m = match a.memory_stats(d) {
+            Ok(m) => m,
+            Err(e) => return fail(&e),
+        };
+        let mut full = c_stats(&m);
+        let n = out_size.min(std::mem::size_of::<cudalloc_stats_t>());
+        full.struct_size = n;
+        // SAFETY: `full` is a valid value of n ≥ 16 bytes or more; the caller guarantees
+        // `out` has `out_size` ≥ n writable bytes; the regions cannot overlap (`full` is
+        // a local).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&full as *const cudalloc_stats_t).cast::<u8>(),
+                out.cast::<u8>(),
+                n,
+            );
+        }
+        S::CUDALLOC_OK as c_int
+    })
+}
+
+/// See the header.
+#[unsafe(no_mangle)]
+pub extern "C" fn cudalloc_reset_peak_stats(device: c_int) -> c_int {
+    with_device(device, |a, d| a.reset_peak_memory_stats(d))
+}
+
+/// See the header.
+#[unsafe(no_mangle)]
+pub extern "C" fn cudalloc_reset_accumulated_stats(device: c_int) -> c_int {
+    with_device(device, |a, d| a.reset_accumulated_memory_stats(d))
+}
+
+/// See the header.
+///
+/// # Safety
+/// `buf` must be NULL or point to at least `len` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudalloc_memory_summary(
+    device: c_int,
+    buf: *mut c_char,
+    len: usize,
+) -> usize {
+    boundary(0, || {
+        let a = match allocator() {
+            Ok(a) => a,
+            Err(_) => return 0,
+        };
+        let Ok(d) = device_index(a, device) else {
+            return 0;
+        };
+        let text = match a.memory_summary(d) {
+            Ok(t) => t,
+            Err(e) => {
+                fail(&e);
+                return 0;
+            }
+        };
+        let needed = text.len() + 1;
+        if !buf.is_null() && len >= needed {
+            // SAFETY: the caller guarantees `len` writable bytes at `buf`, and
+            // len ≥ needed = text bytes + NUL.
+            unsafe {
+                std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), text.len());
+                *buf.add(text.len()) = 0;
+            }
+        }
+        needed
+    })
+}
+
+/// Read a C string argument.
+///
+/// # Safety
+/// `p` must be NULL or a NUL-terminated string.
+unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str, c_int> {
+    if p.is_null() {
+        return Err(status(
+            S::CUDALLOC_ERROR_NULL_ARGUMENT,
+            format!("{what} is NULL"),
+        ));
+    }
+    // SAFETY: non-null, and the caller guarantees NUL termination.
+    unsafe { CStr::from_ptr(p) }.to_str().map_err(|_| {
+        status(
+            S::CUDALLOC_ERROR_INVALID_ARGUMENT,
+            format!("{what} is not UTF-8"),
+        )
+    })
+}
+
+/// See the header.
+///
+/// # Safety
+/// `conf` must be NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudalloc_configure(conf: *const c_char) -> c_int {
+    boundary(S::CUDALLOC_ERROR_INTERNAL as c_int, || {
+        // SAFETY: forwarded from the caller's guarantee.
+        let s = match unsafe { c_str(conf, "conf") } {
+            Ok(s) => s,
+            Err(st) => return st,
+        };
+        let cfg = match Config::parse_from("cudalloc_configure", s) {
+            Ok(c) => c,
+            Err(e) => return fail(&Error::Config(e)),
+        };
+        let mut pending = PENDING_CONF.lock();
+        if ALLOC.get().is_some() {
+            return status(
+                S::CUDALLOC_ERROR_ALREADY_INITIALIZED,
+                "cudalloc_configure must come before the allocator is first used",
+            );
+        }
+        *pending = Some(cfg);
+        S::CUDALLOC_OK as c_int
+    })
+}
+
+/// See the header.
+#[unsafe(no_mangle)]
+pub extern "C" fn cudalloc_record_history(enabled: c_int, max_entries: usize) -> c_int {
+    boundary(S::CUDALLOC_ERROR_INTERNAL as c_int, || match allocator() {
+        Ok(a) => {
+            a.record_history(enabled != 0, max_entries);
+            S::CUDALLOC_OK as c_int
+        }
+        Err(s) => s,
+    })
+}
+
+/// See the header.
+///
+/// # Safety
+/// `path` must be NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudalloc_dump_snapshot(path: *const c_char) -> c_int {
+    boundary(S::CUDALLOC_ERROR_INTERNAL as c_int, || {
+        // SAFETY: forwarded from the caller's guarantee.
+        let p = match unsafe { c_str(path, "path") } {
+            Ok(s) => s,
+            Err(st) => return st,
+        };
+        let a = match allocator() {
+            Ok(a) => a,
+            Err(s) => return s,
+        };
+        let bytes = match a.snapshot_pickle() {
+            Ok(b) => b,
+            Err(e) => return fail(&e),
+        };
+        match std::fs::write(p, bytes) {
+            Ok(()) => S::CUDALLOC_OK as c_int,
+            Err(e) => status(S::CUDALLOC_ERROR_IO, format!("cannot write {p}: {e}")),
+        }
+    })
+}
+
+/// See the header.
+#[unsafe(no_mangle)]
+pub extern "C" fn cudalloc_last_error() -> *const c_char {
+    // No boundary: it must not clear the error it reports, and it cannot panic.
+    LAST_ERROR.with(|e| e.borrow().as_ref().map_or(std::ptr::null(), |s| s.as_ptr()))
+}
+
+/// See the header.
+#[unsafe(no_mangle)]
+pub extern "C" fn cudalloc_version() -> *const c_char {
+    static V: &CStr =
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(c) => c,
+            Err(_) => c"unknown",
+        };
+    V.as_ptr()
+}
