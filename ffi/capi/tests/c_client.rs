@@ -110,3 +110,29 @@ fn library_exports_the_header_and_nothing_else() {
     declared.dedup();
     assert_eq!(exported, declared);
 }
+
+#[test]
+fn python_module_against_the_sim_backend() {
+    let lib = built_library_dir().join("libcudalloc.so");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let o = match Command::new("python3")
+        .args(["-m", "unittest", "discover", "-s"])
+        .arg(root.join("ffi/python/tests"))
+        .arg("-v")
+        .env("CUDALLOC_BACKEND", "sim")
+        .env("CUDALLOC_SIM_CAPACITY", "1GiB")
+        .env("CUDALLOC_LIBRARY", &lib)
+        .env_remove("CUDALLOC_CONF")
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("SKIPPED: python3 not available ({e})");
+            return;
+        }
+    };
+    let out = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "python tests failed:\n{out}");
+    assert!(out.contains("OK"), "{out}");
+    eprintln!("{out}");
+}
