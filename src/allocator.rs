@@ -399,6 +399,52 @@ impl<B: Backend> CachingAllocator<B> {
         Some(dev.shard_at(e.slot).pools.lock().block_requested(e.block))
     }
 
+    /// Allocate like [`CachingAllocator::allocate_raw`], but only from the cache: `None` when
+    /// that would need a new segment (the LD_PRELOAD shim first makes deferred frees
+    /// reusable then).
+    ///
+    /// # Errors
+    /// As [`CachingAllocator::allocate_raw`], except out of memory.
+    pub fn allocate_raw_cached(
+        &self,
+        device: usize,
+        size: u64,
+        stream: StreamId,
+    ) -> Result<Option<u64>> {
+        if size == 0 || size > MAX_REQUEST {
+            return Err(Error::InvalidArgument(format!(
+                "cannot allocate {size} bytes (must be 1..={MAX_REQUEST})"
+            )));
+        }
+        let dev = self.dev(device)?;
+        let (slot, shard) = dev.shard(stream)?;
+        let req = Request::new(size, &self.config);
+        let found = {
+            let mut g = shard.pools.lock();
+            if g.has_pending() {
+                self.process_events(dev, &mut g)?;
+            }
+            g.try_alloc(&req, &self.config)
+                .map(|b| (b, g.block_addr(b)))
+        };
+        let Some((block, ptr)) = found else {
+            return Ok(None);
+        };
+        self.used.store(true, Ordering::Relaxed);
+        dev.history.record(Action::Alloc, ptr, size, stream);
+        dev.raw[raw_shard(ptr)]
+            .lock()
+            .insert(ptr, RawEntry { slot, block });
+        Ok(Some(ptr))
+    }
+
+    /// Stream a raw allocation belongs to.
+    pub fn raw_stream(&self, device: usize, ptr: u64) -> Option<StreamId> {
+        let dev = self.devices.get(device)?;
+        let e = *dev.raw[raw_shard(ptr)].lock().get(&ptr)?;
+        Some(dev.shard_at(e.slot).stream)
+    }
+
     /// `record_stream` for a raw allocation.
     ///
     /// # Errors

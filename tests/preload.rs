@@ -1,0 +1,157 @@
+//! The LD_PRELOAD shim over the fake driver: two C clients (one calling the driver's
+//! symbols, one reaching it only through cuGetProcAddress), each run plain and preloaded.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn preload_lib() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let release = profile.file_name().is_some_and(|n| n == "release");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "-q", "-p", "cudalloc-preload"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if release {
+        cmd.arg("--release");
+    }
+    assert!(
+        cmd.status().unwrap().success(),
+        "building the preload shim failed"
+    );
+    profile.join("libcudalloc_preload.so")
+}
+
+fn compile(name: &str, link_cuda: bool) -> PathBuf {
+    let dir = common::fake_cuda_dir();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.c"));
+    let out = dir.join(name);
+    let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
+    cmd.args(["-O1", "-Wall", "-o"]).arg(&out).arg(&src);
+    if link_cuda {
+        cmd.arg("-L").arg(&dir).arg("-lcuda");
+    }
+    cmd.arg("-ldl");
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "compiling {name} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+struct Run {
+    allocs: u64,
+    stderr: String,
+}
+
+fn run(exe: &Path, preload: Option<&Path>, env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(exe);
+    cmd.env("LD_LIBRARY_PATH", common::fake_cuda_dir())
+        .env("FAKE_CUDA_CAPACITY", "8589934592")
+        .env_remove("CUDALLOC_CONF");
+    if let Some(p) = preload {
+        cmd.env("LD_PRELOAD", p);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        o.status.success(),
+        "{} (preload: {preload:?}) failed: {stdout}{stderr}",
+        exe.display()
+    );
+    let allocs = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("allocs="))
+        .unwrap_or_else(|| panic!("no allocs line in {stdout}"))
+        .trim()
+        .parse()
+        .unwrap();
+    Run { allocs, stderr }
+}
+
+#[test]
+fn direct_driver_calls_go_through_the_cache() {
+    let lib = preload_lib();
+    let exe = compile("preload_direct", true);
+    let plain = run(&exe, None, &[]);
+    let pre = run(&exe, Some(&lib), &[("CUDALLOC_SUMMARY_AT_EXIT", "1")]);
+    eprintln!(
+        "direct: {} real cuMemAlloc plain, {} preloaded",
+        plain.allocs, pre.allocs
+    );
+    assert!(plain.allocs >= 1064, "plain run: {}", plain.allocs);
+    assert!(pre.allocs * 20 < plain.allocs, "preloaded: {}", pre.allocs);
+    assert!(pre.stderr.contains("memory summary"), "{}", pre.stderr);
+}
+
+#[test]
+fn cuda_get_proc_address_clients_go_through_the_cache() {
+    let lib = preload_lib();
+    let exe = compile("preload_procaddr", false);
+    let plain = run(&exe, None, &[]);
+    let pre = run(&exe, Some(&lib), &[]);
+    eprintln!(
+        "procaddr: {} real cuMemAlloc plain, {} preloaded",
+        plain.allocs, pre.allocs
+    );
+    assert!(plain.allocs >= 1000, "plain run: {}", plain.allocs);
+    assert!(pre.allocs * 20 < plain.allocs, "preloaded: {}", pre.allocs);
+}
+
+#[test]
+fn bad_configuration_disables_the_cache_but_the_program_runs() {
+    let lib = preload_lib();
+    let exe = compile("preload_direct", true);
+    let r = run(
+        &exe,
+        Some(&lib),
+        &[("CUDALLOC_CONF", "max_split_size_mb:1")],
+    );
+    assert!(r.stderr.contains("max_split_size_mb"), "{}", r.stderr);
+    assert!(r.allocs >= 1064, "passed through: {}", r.allocs);
+}
+
+#[test]
+fn the_shim_exports_only_its_hooks() {
+    let lib = preload_lib();
+    let Ok(o) = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&lib)
+        .output()
+    else {
+        eprintln!("nm not found: skipping");
+        return;
+    };
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "cuGetProcAddress",
+            "cuGetProcAddress_v2",
+            "cuMemAllocAsync",
+            "cuMemAllocAsync_ptsz",
+            "cuMemAlloc_v2",
+            "cuMemFreeAsync",
+            "cuMemFreeAsync_ptsz",
+            "cuMemFree_v2",
+            "cuMemGetInfo_v2",
+            "cudaFree",
+            "cudaFreeAsync",
+            "cudaMalloc",
+            "cudaMallocAsync",
+            "dlsym",
+        ]
+    );
+}
