@@ -107,11 +107,38 @@ fn threads(c: &mut Criterion) {
     g.finish();
 }
 
+/// Each shipped trace replayed end to end on the simulated device: events per second.
+fn replay(c: &mut Criterion) {
+    let mut g = c.benchmark_group("replay");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("traces");
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .expect("traces/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let trace = cudalloc::trace::read_trace(&path, None).expect("shipped trace");
+        let dev = &trace.devices[0];
+        let events = (dev.initial_live.len() + dev.block_events()) as u64;
+        g.throughput(Throughput::Elements(events));
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let opts = cudalloc::replay::ReplayOptions::default();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let r = cudalloc::replay::replay_device(&trace, dev, &opts, |_| {}).unwrap();
+                black_box(r.peak_reserved)
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = hotpath, large, threads
+    targets = hotpath, large, threads, replay
 }
 criterion_main!(benches);

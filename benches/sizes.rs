@@ -1,32 +1,23 @@
-// Size mixes for the benchmarks. Included by the bench files.
+// Size mixes for the benchmarks, taken from a shipped trace. Included by the bench files.
 
-/// Sizes for the `hotpath` (small: ≤ 1 MiB) or `large` (≥ 1 MiB) groups, in trace order,
-/// and where they came from.
+use std::path::Path;
+
+/// The shipped trace the size mixes come from.
+pub const TRACE: &str = "traces/cpu_gpt2_train.csv";
+
+/// Allocation sizes of the shipped trace, in trace order: the small-pool ones (≤ 1 MiB) for
+/// `hotpath`, the ones ≥ 1 MiB for `large`; at most 1024, and where they came from.
 pub fn mix(small: bool) -> (Vec<u64>, String) {
-    // A fixed, deterministic mix shaped like a training step: many small tensors (biases,
-    // norms, scalars), some activations; used until a shipped trace provides the mix.
-    let mut v = Vec::new();
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    while v.len() < 1024 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let s = if small {
-            [
-                4, 512, 1024, 3072, 4096, 16384, 65536, 147456, 262144, 589824,
-            ][(x % 10) as usize]
-        } else {
-            [
-                1 << 20,
-                2 << 20,
-                3 << 20,
-                9 << 20,
-                12 << 20,
-                25 << 20,
-                48 << 20,
-            ][(x % 7) as usize]
-        };
-        v.push(s);
-    }
-    (v, "a built-in mix".to_string())
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(TRACE);
+    let trace = cudalloc::trace::read_trace(&path, None).expect("the shipped trace reads");
+    let sizes: Vec<u64> = trace.devices[0]
+        .events
+        .iter()
+        .filter(|e| e.kind == cudalloc::trace::EventKind::Alloc)
+        .map(|e| e.size)
+        .filter(|&s| if small { s <= 1 << 20 } else { s >= 1 << 20 })
+        .take(1024)
+        .collect();
+    assert!(!sizes.is_empty());
+    (sizes, TRACE.to_string())
 }

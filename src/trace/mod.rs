@@ -240,9 +240,9 @@ pub fn parse_trace(name: &str, data: &[u8]) -> Result<Trace, TraceError> {
     let header = text.lines().next().unwrap_or("").to_ascii_lowercase();
     let cols: Vec<&str> = header.split(',').map(str::trim).collect();
     if cols.contains(&"thread") && cols.contains(&"action") && cols.contains(&"pointer") {
-        parse_rmm(name, text)
+        parse_csv(name, text, &RMM_LOG)
     } else if cols.contains(&"action") && cols.contains(&"ptr") {
-        parse_csv(name, text)
+        parse_csv(name, text, &PROJECT_CSV)
     } else {
         Err(err(
             name,
@@ -316,62 +316,52 @@ fn build_from_rows(
     })
 }
 
-fn parse_csv(name: &str, text: &str) -> Result<Trace, TraceError> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(text.as_bytes());
-    let headers = rdr
-        .headers()
-        .map_err(|e| err(name, Some("line 1".into()), e.to_string()))?
-        .clone();
-    let col = |n: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(n));
-    let (Some(ca), Some(cp), Some(cs)) = (col("action"), col("ptr"), col("size")) else {
-        return Err(err(
-            name,
-            Some("line 1".into()),
-            "missing column action, ptr or size",
-        ));
-    };
-    let cst = col("stream");
-    let rows = rdr.records().enumerate().map(|(i, rec)| {
-        let line = i + 2;
-        let at = || Some(format!("line {line}"));
-        let rec = rec.map_err(|e| err(name, at(), e.to_string()))?;
-        let field = |c: usize| rec.get(c).unwrap_or("");
-        let alloc = match field(ca).to_ascii_lowercase().as_str() {
-            "alloc" => true,
-            "free" => false,
-            a => {
-                return Err(err(
-                    name,
-                    at(),
-                    format!("unknown action '{a}' (alloc or free)"),
-                ));
-            }
-        };
-        let addr = parse_int(field(cp))
-            .ok_or_else(|| err(name, at(), format!("bad ptr '{}'", field(cp))))?;
-        let size = if field(cs).is_empty() && !alloc {
-            0
-        } else {
-            parse_int(field(cs))
-                .ok_or_else(|| err(name, at(), format!("bad size '{}'", field(cs))))?
-        };
-        let stream = match cst.map(field) {
-            None | Some("") => 0,
-            Some(s) => parse_int(s).ok_or_else(|| err(name, at(), format!("bad stream '{s}'")))?,
-        };
-        Ok((line, alloc, addr, size, stream))
-    });
-    let dev = build_from_rows(name, rows)?;
-    Ok(Trace {
-        path: name.to_string(),
-        format: TraceFormat::Csv,
-        devices: vec![dev],
-    })
+/// The column names and action words of a CSV-like trace format.
+struct CsvDialect {
+    format: TraceFormat,
+    action: &'static str,
+    ptr: &'static str,
+    size: &'static str,
+    stream: &'static str,
+    /// Action word → Some(true) alloc, Some(false) free; None: skip the row.
+    classify: fn(&str) -> Result<Option<bool>, String>,
+    /// Whether a free may leave its size empty.
+    free_size_optional: bool,
 }
 
-fn parse_rmm(name: &str, text: &str) -> Result<Trace, TraceError> {
+const PROJECT_CSV: CsvDialect = CsvDialect {
+    format: TraceFormat::Csv,
+    action: "action",
+    ptr: "ptr",
+    size: "size",
+    stream: "stream",
+    classify: |a| match a {
+        "alloc" => Ok(Some(true)),
+        "free" => Ok(Some(false)),
+        _ => Err(format!("unknown action '{a}' (alloc or free)")),
+    },
+    free_size_optional: true,
+};
+
+const RMM_LOG: CsvDialect = CsvDialect {
+    format: TraceFormat::RmmLog,
+    action: "action",
+    ptr: "pointer",
+    size: "size",
+    stream: "stream",
+    classify: |a| match a {
+        "allocate" => Ok(Some(true)),
+        "free" => Ok(Some(false)),
+        // A failed allocation changed nothing.
+        "allocate failure" => Ok(None),
+        _ => Err(format!(
+            "unknown action '{a}' (allocate, free, allocate failure)"
+        )),
+    },
+    free_size_optional: false,
+};
+
+fn parse_csv(name: &str, text: &str, dialect: &CsvDialect) -> Result<Trace, TraceError> {
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(true)
@@ -381,54 +371,51 @@ fn parse_rmm(name: &str, text: &str) -> Result<Trace, TraceError> {
         .map_err(|e| err(name, Some("line 1".into()), e.to_string()))?
         .clone();
     let col = |n: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(n));
-    let (Some(ca), Some(cp), Some(cs)) = (col("action"), col("pointer"), col("size")) else {
+    let (Some(ca), Some(cp), Some(cs)) = (col(dialect.action), col(dialect.ptr), col(dialect.size))
+    else {
         return Err(err(
             name,
             Some("line 1".into()),
-            "missing column Action, Pointer or Size",
+            format!(
+                "missing column {}, {} or {}",
+                dialect.action, dialect.ptr, dialect.size
+            ),
         ));
     };
-    let cst = col("stream");
+    let cst = col(dialect.stream);
     let rows = rdr.records().enumerate().filter_map(|(i, rec)| {
         let line = i + 2;
         let at = || Some(format!("line {line}"));
-        let rec = match rec {
-            Ok(r) => r,
-            Err(e) => return Some(Err(err(name, at(), e.to_string()))),
-        };
-        let field = |c: usize| rec.get(c).unwrap_or("");
-        let alloc = match field(ca).to_ascii_lowercase().as_str() {
-            "allocate" => true,
-            "free" => false,
-            // A failed allocation changed nothing.
-            "allocate failure" => return None,
-            a => {
-                return Some(Err(err(
-                    name,
-                    at(),
-                    format!("unknown action '{a}' (allocate, free, allocate failure)"),
-                )));
-            }
-        };
-        let r = (|| {
+        let row = (|| {
+            let rec = rec.map_err(|e| err(name, at(), e.to_string()))?;
+            let field = |c: usize| rec.get(c).unwrap_or("");
+            let Some(alloc) = (dialect.classify)(&field(ca).to_ascii_lowercase())
+                .map_err(|m| err(name, at(), m))?
+            else {
+                return Ok(None);
+            };
             let addr = parse_int(field(cp))
-                .ok_or_else(|| err(name, at(), format!("bad Pointer '{}'", field(cp))))?;
-            let size = parse_int(field(cs))
-                .ok_or_else(|| err(name, at(), format!("bad Size '{}'", field(cs))))?;
+                .ok_or_else(|| err(name, at(), format!("bad {} '{}'", dialect.ptr, field(cp))))?;
+            let size = if field(cs).is_empty() && !alloc && dialect.free_size_optional {
+                0
+            } else {
+                parse_int(field(cs)).ok_or_else(|| {
+                    err(name, at(), format!("bad {} '{}'", dialect.size, field(cs)))
+                })?
+            };
             let stream = match cst.map(field) {
                 None | Some("") => 0,
-                Some(s) => {
-                    parse_int(s).ok_or_else(|| err(name, at(), format!("bad Stream '{s}'")))?
-                }
+                Some(s) => parse_int(s)
+                    .ok_or_else(|| err(name, at(), format!("bad {} '{s}'", dialect.stream)))?,
             };
-            Ok((line, alloc, addr, size, stream))
+            Ok(Some((line, alloc, addr, size, stream)))
         })();
-        Some(r)
+        row.transpose()
     });
     let dev = build_from_rows(name, rows)?;
     Ok(Trace {
         path: name.to_string(),
-        format: TraceFormat::RmmLog,
+        format: dialect.format,
         devices: vec![dev],
     })
 }

@@ -212,22 +212,12 @@ pub extern "C" fn cudalloc_record_stream(
     device: c_int,
     stream: cudaStream_t,
 ) -> c_int {
-    boundary(S::CUDALLOC_ERROR_INTERNAL as c_int, || {
-        if ptr.is_null() {
-            return status(S::CUDALLOC_ERROR_NULL_ARGUMENT, "ptr is NULL");
-        }
-        let a = match allocator() {
-            Ok(a) => a,
-            Err(s) => return s,
-        };
-        let d = match device_index(a, device) {
-            Ok(d) => d,
-            Err(s) => return s,
-        };
-        match a.record_stream_raw(d, ptr as u64, stream as u64) {
-            Ok(()) => S::CUDALLOC_OK as c_int,
-            Err(e) => fail(&e),
-        }
+    if ptr.is_null() {
+        clear_error();
+        return status(S::CUDALLOC_ERROR_NULL_ARGUMENT, "ptr is NULL");
+    }
+    with_device(device, |a, d| {
+        a.record_stream_raw(d, ptr as u64, stream as u64)
     })
 }
 

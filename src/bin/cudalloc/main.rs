@@ -5,7 +5,7 @@ mod plot;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use cudalloc::replay::{ReplayOptions, ReplayReport, replay_device};
 use cudalloc::trace::read_trace;
 use cudalloc::units::parse_size;
@@ -27,36 +27,7 @@ struct Cli {
 enum Cmd {
     /// Replay allocation traces (PyTorch memory snapshots, the project's CSV, RMM logs) on a
     /// simulated device and compare what cudalloc reserves with what PyTorch reserved.
-    Replay {
-        /// Trace files.
-        #[arg(required = true)]
-        traces: Vec<PathBuf>,
-        /// Replay only this device of each trace (default: every device with events).
-        #[arg(long)]
-        device: Option<usize>,
-        /// Allocator configuration (CUDALLOC_CONF syntax); repeat to compare several side by
-        /// side. Default: the settings recorded in the snapshot, else cudalloc's defaults.
-        #[arg(long = "conf")]
-        confs: Vec<String>,
-        /// Simulated device capacity (e.g. 80GiB); default: the trace's device, else 80GiB.
-        #[arg(long, value_parser = parse_size)]
-        capacity: Option<u64>,
-        /// One JSON object per trace, device and configuration, instead of the table.
-        #[arg(long)]
-        json: bool,
-        /// Write cudalloc's state and event history after the replay as a PyTorch snapshot
-        /// pickle (several replays: numbered files).
-        #[arg(long)]
-        dump_snapshot: Option<PathBuf>,
-        /// Plot reserved and live bytes over the trace, cudalloc beside PyTorch, as SVG
-        /// (several replays: numbered files).
-        #[arg(long)]
-        plot: Option<PathBuf>,
-        /// Do not replay the program's empty_cache calls (by default cudalloc empties its
-        /// cache where the snapshot shows PyTorch releasing segments).
-        #[arg(long)]
-        no_empty_cache: bool,
-    },
+    Replay(ReplayArgs),
     /// Run a short training-like workload on a simulated device and print the memory
     /// summary.
     Demo {
@@ -72,14 +43,35 @@ enum Cmd {
     },
 }
 
+#[derive(Args)]
 struct ReplayArgs {
+    /// Trace files.
+    #[arg(required = true)]
     traces: Vec<PathBuf>,
+    /// Replay only this device of each trace (default: every device with events).
+    #[arg(long)]
     device: Option<usize>,
+    /// Allocator configuration (CUDALLOC_CONF syntax); repeat to compare several side by
+    /// side. Default: the settings recorded in the snapshot, else cudalloc's defaults.
+    #[arg(long = "conf")]
     confs: Vec<String>,
+    /// Simulated device capacity (e.g. 80GiB); default: the trace's device, else 80GiB.
+    #[arg(long, value_parser = parse_size)]
     capacity: Option<u64>,
+    /// One JSON object per trace, device and configuration, instead of the table.
+    #[arg(long)]
     json: bool,
+    /// Write cudalloc's state and event history after the replay as a PyTorch snapshot
+    /// pickle (several replays: numbered files).
+    #[arg(long)]
     dump_snapshot: Option<PathBuf>,
+    /// Plot reserved and live bytes over the trace, cudalloc beside PyTorch, as SVG
+    /// (several replays: numbered files).
+    #[arg(long)]
     plot: Option<PathBuf>,
+    /// Do not replay the program's empty_cache calls (by default cudalloc empties its
+    /// cache where the snapshot shows PyTorch releasing segments).
+    #[arg(long)]
     no_empty_cache: bool,
 }
 
@@ -237,25 +229,7 @@ fn print_table(reports: &[ReplayReport]) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res: Result<(), Box<dyn std::error::Error>> = match cli.cmd {
-        Cmd::Replay {
-            traces,
-            device,
-            confs,
-            capacity,
-            json,
-            dump_snapshot,
-            plot,
-            no_empty_cache,
-        } => replay(ReplayArgs {
-            traces,
-            device,
-            confs,
-            capacity,
-            json,
-            dump_snapshot,
-            plot,
-            no_empty_cache,
-        }),
+        Cmd::Replay(args) => replay(args),
         Cmd::Demo {
             conf,
             capacity_gib,
