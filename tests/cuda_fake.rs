@@ -77,6 +77,55 @@ fn child_backend() {
 }
 
 #[test]
+fn virtual_memory_over_fake_driver() {
+    run_child_with_fake_cuda("child_vmm", &[("FAKE_CUDA_CAPACITY", "16777216")]);
+}
+
+#[test]
+#[ignore = "runs in a child process started by virtual_memory_over_fake_driver"]
+fn child_vmm() {
+    assert_in_child();
+    let b = CudaBackend::new().unwrap();
+    let g = b.vmm_granularity(0).unwrap();
+    assert_eq!(g, 2 * MIB);
+    let r = b.reserve_range(0, 32 * MIB).unwrap();
+    assert_eq!(r % g, 0);
+    b.map_pages(0, r, 6 * MIB).unwrap();
+    // SAFETY: the fake maps the pages read-write in host memory.
+    unsafe { std::ptr::write_bytes(r as *mut u8, 3, (6 * MIB) as usize) };
+    assert_eq!(
+        fake_count("cuMemCreate"),
+        3,
+        "one physical allocation per page"
+    );
+    assert_eq!(fake_count("cuMemMap"), 3);
+    assert_eq!(fake_count("cuMemSetAccess"), 1);
+    assert_eq!(b.mem_info(0).unwrap().free, 10 * MIB);
+    // 16 MiB capacity: 6 mapped, 12 more cannot all be backed; nothing stays mapped.
+    assert_eq!(
+        b.map_pages(0, r + 6 * MIB, 12 * MIB),
+        Err(BackendError::OutOfMemory)
+    );
+    assert_eq!(
+        b.mem_info(0).unwrap().free,
+        10 * MIB,
+        "the partial map was undone"
+    );
+    // Unmap one page in the middle, then the rest.
+    b.unmap_pages(0, r + 2 * MIB, 2 * MIB).unwrap();
+    assert_eq!(b.mem_info(0).unwrap().free, 12 * MIB);
+    b.unmap_pages(0, r, 2 * MIB).unwrap();
+    b.unmap_pages(0, r + 4 * MIB, 2 * MIB).unwrap();
+    b.free_range(0, r, 32 * MIB).unwrap();
+    assert_eq!(b.mem_info(0).unwrap().free, 16 * MIB);
+    // 3 + 5 pages were created (the 6th cuMemCreate of the failed map ran out of memory),
+    // and every one was released.
+    assert_eq!(fake_count("cuMemCreate"), 9);
+    assert_eq!(fake_count("cuMemRelease"), 8);
+    assert_eq!(fake_count("cuMemAddressFree"), 1);
+}
+
+#[test]
 fn allocator_over_fake_driver() {
     run_child_with_fake_cuda("child_allocator", &[("FAKE_CUDA_CAPACITY", "104857600")]);
 }

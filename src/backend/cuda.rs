@@ -63,8 +63,23 @@ fn check(r: sys::CUresult, what: &str) -> Result<(), BackendError> {
     }
 }
 
+/// Virtual-memory entry points, optional (older drivers lack them).
+const VMM: [&str; 8] = [
+    "cuMemGetAllocationGranularity",
+    "cuMemAddressReserve",
+    "cuMemAddressFree",
+    "cuMemCreate",
+    "cuMemRelease",
+    "cuMemMap",
+    "cuMemUnmap",
+    "cuMemSetAccess",
+];
+
 struct Device {
+    ordinal: i32,
     handle: sys::CUdevice,
+    /// Physical allocation behind each mapped page.
+    pages: Mutex<std::collections::HashMap<u64, sys::CUmemGenericAllocationHandle>>,
     /// The retained primary context, as an address (raw pointers are not `Send`).
     ctx: OnceLock<Result<usize, BackendError>>,
     /// Recorded-and-released events, ready for reuse (addresses).
@@ -74,6 +89,7 @@ struct Device {
 /// The real device backend. See the module documentation.
 pub struct CudaBackend {
     devices: Vec<Device>,
+    vmm: bool,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -121,16 +137,14 @@ impl CudaBackend {
                 message: "no CUDA driver library (libcuda.so) could be loaded".into(),
             });
         }
-        let missing: Vec<&str> = std::panic::catch_unwind(|| {
+        let (missing, vmm): (Vec<&str>, bool) = std::panic::catch_unwind(|| {
             // SAFETY: the library is present (checked above), so `culib` loads it; looking
             // up a symbol's address has no side effect.
             let lib = unsafe { sys::culib() };
-            REQUIRED
-                .iter()
-                .copied()
-                // SAFETY: the symbol is only looked up, never called through this pointer.
-                .filter(|name| unsafe { lib.get::<*const ()>(name.as_bytes()) }.is_err())
-                .collect()
+            // SAFETY: the symbol is only looked up, never called through this pointer.
+            let has = |name: &&str| unsafe { lib.get::<*const ()>(name.as_bytes()) }.is_ok();
+            let missing = REQUIRED.iter().copied().filter(|n| !has(n)).collect();
+            (missing, VMM.iter().all(has))
         })
         .map_err(|_| BackendError::Driver {
             code: -1,
@@ -156,12 +170,48 @@ impl CudaBackend {
                 "cuDeviceGet",
             )?;
             devices.push(Device {
+                ordinal,
                 handle,
+                pages: Mutex::new(std::collections::HashMap::new()),
                 ctx: OnceLock::new(),
                 events: Mutex::new(Vec::new()),
             });
         }
-        Ok(CudaBackend { devices })
+        Ok(CudaBackend { devices, vmm })
+    }
+
+    fn vmm_device(&self, device: usize) -> Result<&Device, BackendError> {
+        if !self.vmm {
+            return Err(BackendError::Unsupported(
+                "virtual memory management (the driver lacks cuMemCreate/cuMemMap)",
+            ));
+        }
+        self.device(device)
+    }
+
+    fn prop(d: &Device) -> sys::CUmemAllocationProp {
+        // SAFETY: an all-zero CUmemAllocationProp is a valid value (plain C struct of
+        // integers and a null pointer); the fields that matter are set below.
+        let mut p: sys::CUmemAllocationProp = unsafe { std::mem::zeroed() };
+        p.type_ = sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED;
+        p.location.type_ = sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
+        p.location.id = d.ordinal;
+        p
+    }
+
+    /// Unmap and release already mapped pages (used to undo a partial map).
+    fn release_pages(&self, d: &Device, pages: &[u64], gran: u64) {
+        let mut table = d.pages.lock();
+        for &p in pages {
+            // SAFETY: `p` is a page this backend mapped and recorded; unmapping it and
+            // releasing its handle happens once (it is removed from the table).
+            unsafe {
+                let _ = sys::cuMemUnmap(p, gran as usize);
+                if let Some(h) = table.remove(&p) {
+                    let _ = sys::cuMemRelease(h);
+                }
+            }
+        }
     }
 
     fn device(&self, device: usize) -> Result<&Device, BackendError> {
@@ -306,6 +356,127 @@ impl Backend for CudaBackend {
         let _g = self.enter(device)?;
         // SAFETY: the device's context is current.
         check(unsafe { sys::cuCtxSynchronize() }, "cuCtxSynchronize")
+    }
+
+    fn vmm_granularity(&self, device: usize) -> Result<u64, BackendError> {
+        let d = self.vmm_device(device)?;
+        let _g = self.enter(device)?;
+        self.granularity(d)
+    }
+
+    fn reserve_range(&self, device: usize, size: u64) -> Result<u64, BackendError> {
+        self.vmm_device(device)?;
+        let _g = self.enter(device)?;
+        let mut p: sys::CUdeviceptr = 0;
+        // SAFETY: `p` is a valid out-pointer; no fixed address or alignment is asked for.
+        check(
+            unsafe { sys::cuMemAddressReserve(&mut p, size as usize, 0, 0, 0) },
+            "cuMemAddressReserve",
+        )?;
+        Ok(p)
+    }
+
+    fn free_range(&self, device: usize, addr: u64, size: u64) -> Result<(), BackendError> {
+        self.vmm_device(device)?;
+        let _g = self.enter(device)?;
+        // SAFETY: (addr, size) is a range reserved by `reserve_range`, with no page mapped.
+        check(
+            unsafe { sys::cuMemAddressFree(addr, size as usize) },
+            "cuMemAddressFree",
+        )
+    }
+
+    fn map_pages(&self, device: usize, addr: u64, size: u64) -> Result<(), BackendError> {
+        let d = self.vmm_device(device)?;
+        let _g = self.enter(device)?;
+        let gran = self.granularity(d)?;
+        let prop = Self::prop(d);
+        // SAFETY: an all-zero access descriptor is valid; its fields are set below.
+        let mut access: sys::CUmemAccessDesc = unsafe { std::mem::zeroed() };
+        access.location = prop.location;
+        access.flags = sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+        let mut done: Vec<u64> = Vec::new();
+        let mut page = addr;
+        while page < addr + size {
+            let mut h: sys::CUmemGenericAllocationHandle = 0;
+            // SAFETY: `h` is a valid out-pointer; `prop` describes device memory.
+            let r = check(
+                unsafe { sys::cuMemCreate(&mut h, gran as usize, &prop, 0) },
+                "cuMemCreate",
+            )
+            .and_then(|()| {
+                // SAFETY: `page` is a granule of a reserved range, not mapped (the caller's
+                // contract); `h` is a fresh handle of exactly one granule.
+                check(
+                    unsafe { sys::cuMemMap(page, gran as usize, 0, h, 0) },
+                    "cuMemMap",
+                )
+                .inspect_err(|_| {
+                    // SAFETY: `h` was created above and is not mapped.
+                    let _ = unsafe { sys::cuMemRelease(h) };
+                })
+            });
+            match r {
+                Ok(()) => {
+                    d.pages.lock().insert(page, h);
+                    done.push(page);
+                }
+                Err(e) => {
+                    self.release_pages(d, &done, gran);
+                    return Err(e);
+                }
+            }
+            page += gran;
+        }
+        // SAFETY: [addr, addr+size) is now mapped; `access` grants this device read-write.
+        if let Err(e) = check(
+            unsafe { sys::cuMemSetAccess(addr, size as usize, &access, 1) },
+            "cuMemSetAccess",
+        ) {
+            self.release_pages(d, &done, gran);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn unmap_pages(&self, device: usize, addr: u64, size: u64) -> Result<(), BackendError> {
+        let d = self.vmm_device(device)?;
+        let _g = self.enter(device)?;
+        let gran = self.granularity(d)?;
+        // SAFETY: the range was mapped by `map_pages` (the caller's contract).
+        check(
+            unsafe { sys::cuMemUnmap(addr, size as usize) },
+            "cuMemUnmap",
+        )?;
+        let mut table = d.pages.lock();
+        let mut page = addr;
+        while page < addr + size {
+            if let Some(h) = table.remove(&page) {
+                // SAFETY: the handle's only mapping was just removed.
+                check(unsafe { sys::cuMemRelease(h) }, "cuMemRelease")?;
+            }
+            page += gran;
+        }
+        Ok(())
+    }
+}
+
+impl CudaBackend {
+    fn granularity(&self, d: &Device) -> Result<u64, BackendError> {
+        let prop = Self::prop(d);
+        let mut g: usize = 0;
+        // SAFETY: `g` is a valid out-pointer and `prop` a valid property struct.
+        check(
+            unsafe {
+                sys::cuMemGetAllocationGranularity(
+                    &mut g,
+                    &prop,
+                    sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
+                )
+            },
+            "cuMemGetAllocationGranularity",
+        )?;
+        Ok((g as u64).max(1))
     }
 }
 

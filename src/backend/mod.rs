@@ -86,6 +86,55 @@ pub trait Backend: Send + Sync + 'static {
     /// # Errors
     /// A driver error.
     fn synchronize_device(&self, device: usize) -> Result<(), BackendError>;
+
+    // Virtual memory (for expandable segments): a range of addresses is reserved once, and
+    // physical memory is mapped into it page by page (pages of `vmm_granularity` bytes), so
+    // a segment can grow in place and give back pages it no longer uses. Backends without
+    // it keep these defaults, which report `Unsupported`.
+
+    /// The page size of mappings on `device` (`cuMemGetAllocationGranularity`).
+    ///
+    /// # Errors
+    /// [`BackendError::Unsupported`] without virtual-memory support; a driver error.
+    fn vmm_granularity(&self, _device: usize) -> Result<u64, BackendError> {
+        Err(BackendError::Unsupported("virtual memory management"))
+    }
+
+    /// Reserve `size` bytes of device address space, no memory behind it
+    /// (`cuMemAddressReserve`); `size` is a multiple of the granularity.
+    ///
+    /// # Errors
+    /// As [`Backend::vmm_granularity`].
+    fn reserve_range(&self, _device: usize, _size: u64) -> Result<u64, BackendError> {
+        Err(BackendError::Unsupported("virtual memory management"))
+    }
+
+    /// Give back a reserved range (`cuMemAddressFree`); no page of it may be mapped.
+    ///
+    /// # Errors
+    /// As [`Backend::vmm_granularity`].
+    fn free_range(&self, _device: usize, _addr: u64, _size: u64) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported("virtual memory management"))
+    }
+
+    /// Back `[addr, addr + size)` — page-aligned, inside a reserved range, not mapped — with
+    /// new physical memory, one allocation per page, readable and writable by `device`
+    /// (`cuMemCreate` + `cuMemMap` + `cuMemSetAccess`). On failure nothing stays mapped.
+    ///
+    /// # Errors
+    /// [`BackendError::OutOfMemory`] when the device has no physical memory left; others.
+    fn map_pages(&self, _device: usize, _addr: u64, _size: u64) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported("virtual memory management"))
+    }
+
+    /// Unmap `[addr, addr + size)` (page-aligned, mapped by [`Backend::map_pages`]) and
+    /// release its physical memory (`cuMemUnmap` + `cuMemRelease`).
+    ///
+    /// # Errors
+    /// As [`Backend::vmm_granularity`].
+    fn unmap_pages(&self, _device: usize, _addr: u64, _size: u64) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported("virtual memory management"))
+    }
 }
 
 /// Either backend, chosen at run time (the C library and the preload shim use this).
@@ -184,6 +233,21 @@ impl Backend for AnyBackend {
     }
     fn synchronize_device(&self, device: usize) -> Result<(), BackendError> {
         delegate!(self, b => b.synchronize_device(device))
+    }
+    fn vmm_granularity(&self, device: usize) -> Result<u64, BackendError> {
+        delegate!(self, b => b.vmm_granularity(device))
+    }
+    fn reserve_range(&self, device: usize, size: u64) -> Result<u64, BackendError> {
+        delegate!(self, b => b.reserve_range(device, size))
+    }
+    fn free_range(&self, device: usize, addr: u64, size: u64) -> Result<(), BackendError> {
+        delegate!(self, b => b.free_range(device, addr, size))
+    }
+    fn map_pages(&self, device: usize, addr: u64, size: u64) -> Result<(), BackendError> {
+        delegate!(self, b => b.map_pages(device, addr, size))
+    }
+    fn unmap_pages(&self, device: usize, addr: u64, size: u64) -> Result<(), BackendError> {
+        delegate!(self, b => b.unmap_pages(device, addr, size))
     }
 }
 

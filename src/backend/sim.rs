@@ -7,7 +7,7 @@
 //! [`SimBackend::complete_all`]), or at once in *auto-complete* mode. Failures can be
 //! injected, the capacity changed at any time, and every call is counted.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use parking_lot::Mutex;
 
@@ -35,7 +35,15 @@ pub struct SimCounts {
     pub release_event: u64,
     /// `synchronize_device` calls.
     pub synchronize_device: u64,
-    /// Bytes in segments now.
+    /// `reserve_range` calls.
+    pub reserve_range: u64,
+    /// `free_range` calls.
+    pub free_range: u64,
+    /// `map_pages` calls, failed ones included.
+    pub map_pages: u64,
+    /// `unmap_pages` calls.
+    pub unmap_pages: u64,
+    /// Bytes in segments and mapped pages now.
     pub used: u64,
     /// Highest `used` seen.
     pub peak_used: u64,
@@ -54,7 +62,15 @@ struct DeviceState {
     used: u64,
     segments: HashMap<u64, u64>,
     next_virtual: u64,
+    /// Reserved address ranges: start → size.
+    ranges: BTreeMap<u64, u64>,
+    /// Mapped pages (their start addresses).
+    pages: HashSet<u64>,
 }
+
+/// Page size of the simulated virtual-memory mappings (the granularity CUDA reports for
+/// current GPUs).
+pub const SIM_GRANULARITY: u64 = 2 << 20;
 
 #[derive(Debug)]
 struct Inner {
@@ -66,6 +82,7 @@ struct Inner {
     /// Fail the alloc call whose 1-based number (counting from when it was set) is this.
     fail_nth: Option<(u64, BackendError)>,
     fail_all: Option<BackendError>,
+    fail_nth_map: Option<(u64, BackendError)>,
 }
 
 /// A simulated device (or several).
@@ -91,6 +108,8 @@ impl SimBackend {
                 segments: HashMap::new(),
                 // Distinct, 2 MiB-aligned ranges per device, far from host mappings.
                 next_virtual: 0x7e00_0000_0000 + ((d as u64) << 40),
+                ranges: BTreeMap::new(),
+                pages: HashSet::new(),
             })
             .collect();
         SimBackend {
@@ -102,6 +121,7 @@ impl SimBackend {
                 counts: SimCounts::default(),
                 fail_nth: None,
                 fail_all: None,
+                fail_nth_map: None,
             }),
             backed: true,
             auto_complete: false,
@@ -177,6 +197,23 @@ impl SimBackend {
         self.inner.lock().fail_nth = Some((n.max(1), err));
     }
 
+    /// Make the `n`-th next `map_pages` call (1 = the very next) fail with `err`.
+    pub fn fail_nth_map(&self, n: u64, err: BackendError) {
+        self.inner.lock().fail_nth_map = Some((n.max(1), err));
+    }
+
+    /// Mapped pages of `device`, sorted.
+    pub fn mapped_pages(&self, device: usize) -> Vec<u64> {
+        let g = self.inner.lock();
+        let mut v: Vec<u64> = g
+            .devices
+            .get(device)
+            .map(|d| d.pages.iter().copied().collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+
     /// Make every `alloc_segment` call fail with `err` (or stop doing so with `None`).
     pub fn fail_all_allocs(&self, err: Option<BackendError>) {
         self.inner.lock().fail_all = err;
@@ -246,6 +283,62 @@ fn map_host(size: u64) -> Result<u64, BackendError> {
         return Err(BackendError::OutOfMemory);
     }
     Ok(p as u64)
+}
+
+/// Reserve host address space with no access, aligned to the simulated granularity.
+fn reserve_host(size: u64) -> Result<u64, BackendError> {
+    let g = SIM_GRANULARITY;
+    // SAFETY: an anonymous PROT_NONE reservation with no hint; checked against MAP_FAILED.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            (size + g) as usize,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(BackendError::OutOfMemory);
+    }
+    let start = p as u64;
+    let aligned = start.div_ceil(g) * g;
+    // Trim the slack so exactly [aligned, aligned + size) stays reserved.
+    // SAFETY: both pieces lie inside the mapping just made and are not used by anyone.
+    unsafe {
+        if aligned > start {
+            libc::munmap(start as *mut libc::c_void, (aligned - start) as usize);
+        }
+        let end = start + size + g;
+        if end > aligned + size {
+            libc::munmap(
+                (aligned + size) as *mut libc::c_void,
+                (end - aligned - size) as usize,
+            );
+        }
+    }
+    Ok(aligned)
+}
+
+fn protect_host(addr: u64, size: u64, rw: bool) {
+    // SAFETY: [addr, addr+size) lies inside a range reserved by `reserve_host` and still
+    // reserved (the callers check the page table first).
+    unsafe {
+        if !rw {
+            libc::madvise(
+                addr as *mut libc::c_void,
+                size as usize,
+                libc::MADV_DONTNEED,
+            );
+        }
+        let prot = if rw {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_NONE
+        };
+        libc::mprotect(addr as *mut libc::c_void, size as usize, prot);
+    }
 }
 
 fn unmap_host(addr: u64, size: u64) {
@@ -390,6 +483,124 @@ impl Backend for SimBackend {
         }
         Ok(())
     }
+
+    fn vmm_granularity(&self, device: usize) -> Result<u64, BackendError> {
+        Self::device(&mut self.inner.lock(), device)?;
+        Ok(SIM_GRANULARITY)
+    }
+
+    fn reserve_range(&self, device: usize, size: u64) -> Result<u64, BackendError> {
+        let mut g = self.inner.lock();
+        g.counts.reserve_range += 1;
+        let backed = self.backed;
+        let d = Self::device(&mut g, device)?;
+        if size == 0 || !size.is_multiple_of(SIM_GRANULARITY) {
+            return Err(invalid(format!(
+                "reserve of {size} bytes: not a multiple of the granularity"
+            )));
+        }
+        let addr = if backed {
+            reserve_host(size)?
+        } else {
+            let a = d.next_virtual;
+            d.next_virtual += size;
+            a
+        };
+        d.ranges.insert(addr, size);
+        Ok(addr)
+    }
+
+    fn free_range(&self, device: usize, addr: u64, size: u64) -> Result<(), BackendError> {
+        let mut g = self.inner.lock();
+        g.counts.free_range += 1;
+        let d = Self::device(&mut g, device)?;
+        if d.ranges.get(&addr) != Some(&size) {
+            return Err(invalid(format!(
+                "free of unknown range {addr:#x} ({size} bytes)"
+            )));
+        }
+        if d.pages.iter().any(|&p| p >= addr && p < addr + size) {
+            return Err(invalid(format!(
+                "free of range {addr:#x} with pages still mapped"
+            )));
+        }
+        d.ranges.remove(&addr);
+        drop(g);
+        if self.backed {
+            unmap_host(addr, size);
+        }
+        Ok(())
+    }
+
+    fn map_pages(&self, device: usize, addr: u64, size: u64) -> Result<(), BackendError> {
+        let mut g = self.inner.lock();
+        g.counts.map_pages += 1;
+        if let Some((n, e)) = g.fail_nth_map.take() {
+            if n <= 1 {
+                return Err(e);
+            }
+            g.fail_nth_map = Some((n - 1, e));
+        }
+        let d = Self::device(&mut g, device)?;
+        check_pages(d, addr, size)?;
+        let pages: Vec<u64> = (addr..addr + size)
+            .step_by(SIM_GRANULARITY as usize)
+            .collect();
+        if pages.iter().any(|p| d.pages.contains(p)) {
+            return Err(invalid(format!("map over mapped pages at {addr:#x}")));
+        }
+        if d.used.saturating_add(size) > d.capacity {
+            return Err(BackendError::OutOfMemory);
+        }
+        d.used += size;
+        d.pages.extend(pages);
+        let used: u64 = g.devices.iter().map(|d| d.used).sum();
+        g.counts.peak_used = g.counts.peak_used.max(used);
+        drop(g);
+        if self.backed {
+            protect_host(addr, size, true);
+        }
+        Ok(())
+    }
+
+    fn unmap_pages(&self, device: usize, addr: u64, size: u64) -> Result<(), BackendError> {
+        let mut g = self.inner.lock();
+        g.counts.unmap_pages += 1;
+        let d = Self::device(&mut g, device)?;
+        check_pages(d, addr, size)?;
+        let pages: Vec<u64> = (addr..addr + size)
+            .step_by(SIM_GRANULARITY as usize)
+            .collect();
+        if !pages.iter().all(|p| d.pages.contains(p)) {
+            return Err(invalid(format!("unmap of pages not mapped at {addr:#x}")));
+        }
+        for p in &pages {
+            d.pages.remove(p);
+        }
+        d.used -= size;
+        drop(g);
+        if self.backed {
+            protect_host(addr, size, false);
+        }
+        Ok(())
+    }
+}
+
+fn invalid(message: String) -> BackendError {
+    BackendError::Driver { code: 1, message }
+}
+
+/// `[addr, addr + size)` is page-aligned and inside one reserved range.
+fn check_pages(d: &DeviceState, addr: u64, size: u64) -> Result<(), BackendError> {
+    if size == 0 || !addr.is_multiple_of(SIM_GRANULARITY) || !size.is_multiple_of(SIM_GRANULARITY) {
+        return Err(invalid(format!("{addr:#x}+{size}: not page-aligned")));
+    }
+    match d.ranges.range(..=addr).next_back() {
+        Some((&start, &len)) if addr + size <= start + len => Ok(()),
+        _ => Err(invalid(format!(
+            "{addr:#x}+{size}: outside every reserved range"
+        ))),
+    }
 }
 
 impl Drop for SimBackend {
@@ -399,10 +610,66 @@ impl Drop for SimBackend {
         }
         let g = self.inner.get_mut();
         for d in &mut g.devices {
-            for (&a, &s) in &d.segments {
+            for (&a, &s) in d.segments.iter().chain(d.ranges.iter()) {
                 unmap_host(a, s);
             }
             d.segments.clear();
+            d.ranges.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: u64 = SIM_GRANULARITY;
+
+    #[test]
+    fn virtual_memory_maps_pages_into_reserved_ranges() {
+        let b = SimBackend::new(8 * G);
+        assert_eq!(b.vmm_granularity(0).unwrap(), G);
+        let r = b.reserve_range(0, 16 * G).unwrap();
+        assert_eq!(r % G, 0);
+        b.map_pages(0, r, 3 * G).unwrap();
+        // Host-backed: the mapped pages are writable.
+        // SAFETY: the first three pages of the range are mapped read-write.
+        unsafe { std::ptr::write_bytes(r as *mut u8, 7, (3 * G) as usize) };
+        assert_eq!(b.counts().used, 3 * G);
+        assert_eq!(b.mapped_pages(0), vec![r, r + G, r + 2 * G]);
+        // Capacity counts mapped pages.
+        assert_eq!(
+            b.map_pages(0, r + 3 * G, 6 * G),
+            Err(BackendError::OutOfMemory)
+        );
+        assert!(
+            b.mapped_pages(0).len() == 3,
+            "a failed map leaves nothing mapped"
+        );
+        // Misuse is an error, not a crash.
+        assert!(b.map_pages(0, r + G, G).is_err(), "double map");
+        assert!(b.map_pages(0, r + 100, G).is_err(), "unaligned");
+        assert!(b.map_pages(0, r + 16 * G, G).is_err(), "outside the range");
+        assert!(b.unmap_pages(0, r + 5 * G, G).is_err(), "not mapped");
+        assert!(b.free_range(0, r, 16 * G).is_err(), "pages still mapped");
+        b.unmap_pages(0, r + G, G).unwrap();
+        assert_eq!(b.counts().used, 2 * G);
+        b.unmap_pages(0, r, G).unwrap();
+        b.unmap_pages(0, r + 2 * G, G).unwrap();
+        b.free_range(0, r, 16 * G).unwrap();
+        assert_eq!(b.counts().used, 0);
+        let c = b.counts();
+        assert_eq!((c.reserve_range, c.free_range), (1, 2));
+    }
+
+    #[test]
+    fn map_failures_can_be_injected() {
+        let b = SimBackend::new(64 * G).virtual_only();
+        let r = b.reserve_range(0, 4 * G).unwrap();
+        b.fail_nth_map(2, BackendError::OutOfMemory);
+        b.map_pages(0, r, G).unwrap();
+        assert_eq!(b.map_pages(0, r + G, G), Err(BackendError::OutOfMemory));
+        b.map_pages(0, r + G, G).unwrap();
+        assert_eq!(b.counts().used, 2 * G);
     }
 }
