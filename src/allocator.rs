@@ -20,7 +20,9 @@ use crate::config::Config;
 use crate::error::{BackendError, Error, Result};
 use crate::history::{Action, Entry, History};
 use crate::oom::OomError;
-use crate::policy::{BlockId, BlockState, ReleasedSegment, Request, SegmentInfo, StreamPools};
+use crate::policy::{
+    BlockId, BlockState, PoolKind, ReleasedSegment, Request, SegmentInfo, StreamPools,
+};
 use crate::stats::{self, BlockStats, MemoryStats, SegmentStats};
 
 /// Streams per device the allocator can serve.
@@ -58,6 +60,8 @@ struct Device {
     num_device_free: AtomicU64,
     raw: Box<[RawShard]>,
     history: History,
+    /// Page size of expandable segments (0: they are off).
+    granularity: u64,
 }
 
 #[inline]
@@ -71,7 +75,7 @@ fn raw_shard(ptr: u64) -> usize {
 }
 
 impl Device {
-    fn new(index: usize) -> Device {
+    fn new(index: usize, granularity: u64) -> Device {
         Device {
             index,
             slots: (0..MAX_STREAMS_PER_DEVICE)
@@ -91,6 +95,7 @@ impl Device {
                 .map(|_| CachePadded::new(Mutex::new(FxHashMap::default())))
                 .collect(),
             history: History::default(),
+            granularity,
         }
     }
 
@@ -270,19 +275,31 @@ impl<B: Backend> CachingAllocator<B> {
     /// # Errors
     /// [`Error::Config`] for settings that are not supported yet (`expandable_segments`).
     pub fn new(backend: B, config: Config) -> Result<Self> {
-        if config.expandable_segments {
-            return Err(Error::Config(crate::config::ConfigError {
-                source: "code".into(),
-                key: Some("expandable_segments".into()),
-                position: 0,
-                message: "expandable_segments is not supported yet".into(),
-            }));
-        }
         let n = backend.device_count();
+        let mut granularity = vec![0u64; n];
+        if config.expandable_segments {
+            for (d, g) in granularity.iter_mut().enumerate() {
+                *g = match backend.vmm_granularity(d) {
+                    Ok(g) if g > 0 => g,
+                    Ok(_) | Err(BackendError::Unsupported(_)) => {
+                        return Err(Error::Config(crate::config::ConfigError {
+                            source: "code".into(),
+                            key: Some("expandable_segments".into()),
+                            position: 0,
+                            message: format!(
+                                "expandable_segments needs virtual memory management, which \
+                                 device {d}'s backend does not provide"
+                            ),
+                        }));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+            }
+        }
         Ok(CachingAllocator {
             backend,
             config,
-            devices: (0..n).map(Device::new).collect(),
+            devices: (0..n).map(|d| Device::new(d, granularity[d])).collect(),
             deferred: Mutex::new(None),
             used: AtomicBool::new(false),
         })
@@ -510,11 +527,16 @@ impl<B: Backend> CachingAllocator<B> {
                 if let Some(b) = g.try_alloc(req, &self.config) {
                     return Ok((b, g.block_addr(b)));
                 }
-                match self.alloc_segment(dev, req, shard.stream) {
-                    Ok(addr) => {
+                let grown = if dev.granularity > 0 {
+                    self.grow_expandable(dev, &mut g, req)
+                } else {
+                    self.alloc_segment(dev, req, shard.stream).map(|addr| {
                         let b = g.add_segment_and_alloc(addr, req.segment_size, req, &self.config);
-                        return Ok((b, addr));
-                    }
+                        (b, addr)
+                    })
+                };
+                match grown {
+                    Ok(found) => return Ok(found),
                     Err(BackendError::OutOfMemory) => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -532,14 +554,8 @@ impl<B: Backend> CachingAllocator<B> {
         Err(Error::OutOfMemory(Box::new(self.oom_report(dev, req))))
     }
 
-    /// Ask the backend for a segment, within the memory-fraction limit.
-    fn alloc_segment(
-        &self,
-        dev: &Device,
-        req: &Request,
-        stream: StreamId,
-    ) -> Result<u64, BackendError> {
-        let size = req.segment_size;
+    /// Count `size` more reserved bytes, within the memory-fraction limit.
+    fn reserve_bytes(dev: &Device, size: u64) -> Result<(), BackendError> {
         let limit = dev.limit.load(Ordering::Relaxed);
         let mut cur = dev.reserved.load(Ordering::Relaxed);
         loop {
@@ -552,10 +568,113 @@ impl<B: Backend> CachingAllocator<B> {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => break,
+                Ok(_) => return Ok(()),
                 Err(v) => cur = v,
             }
         }
+    }
+
+    /// Serve `req` by mapping pages into the stream's expandable segment of its pool
+    /// (reserving the segment's address range first if there is none). A failed map
+    /// changes nothing: the segment stays as it was.
+    fn grow_expandable(
+        &self,
+        dev: &Device,
+        g: &mut StreamPools,
+        req: &Request,
+    ) -> Result<(BlockId, u64), BackendError> {
+        let gran = dev.granularity;
+        if g.expandable_segment(req.pool).is_none() {
+            let total = self.backend.mem_info(dev.index)?.total;
+            // Address space is cheap: reserve well beyond the device's memory so that
+            // free pages unmapped in the middle never leave a large request without a
+            // contiguous range.
+            let want = match req.pool {
+                PoolKind::Large => total.saturating_mul(4),
+                PoolKind::Small => total / 2,
+            };
+            let size = want.max(req.rounded).div_ceil(gran).max(1) * gran;
+            let addr = self.backend.reserve_range(dev.index, size)?;
+            g.add_expandable_segment(addr, size, req.pool);
+            stats::increase(&mut dev.seg_stats.lock().segment, req.pool, 1);
+        }
+        // No free block of this stream serves the request: give back the whole free pages
+        // it holds before mapping more, or they would stay mapped beside the new pages,
+        // reserved for nothing. (Keeping them only when they add up to less than the
+        // request was measured too, and did worse on the shared traces.)
+        {
+            self.unmap_free_pages(dev, g, false).map_err(|e| match e {
+                Error::Backend(b) => b,
+                other => BackendError::Driver {
+                    code: -1,
+                    message: other.to_string(),
+                },
+            })?;
+        }
+        let plan = g.plan_map(req, gran).ok_or(BackendError::OutOfMemory)?;
+        Self::reserve_bytes(dev, plan.len)?;
+        if let Err(e) = self.backend.map_pages(dev.index, plan.addr, plan.len) {
+            dev.reserved.fetch_sub(plan.len, Ordering::AcqRel);
+            return Err(e);
+        }
+        dev.num_device_alloc.fetch_add(1, Ordering::Relaxed);
+        dev.history
+            .record(Action::SegmentMap, plan.addr, plan.len, g.stream());
+        stats::increase(&mut dev.seg_stats.lock().reserved_bytes, req.pool, plan.len);
+        let b = g.commit_map(plan, req, &self.config);
+        Ok((b, g.block_addr(b)))
+    }
+
+    /// Unmap every whole free page of the expandable segments of one stream, and give back
+    /// the address range of any that has nothing mapped left.
+    fn unmap_free_pages(
+        &self,
+        dev: &Device,
+        g: &mut StreamPools,
+        release_empty: bool,
+    ) -> Result<()> {
+        if dev.granularity == 0 {
+            return Ok(());
+        }
+        let mut first_err = None;
+        for plan in g.plan_unmap(dev.granularity) {
+            match self.backend.unmap_pages(dev.index, plan.addr, plan.len) {
+                Ok(()) => {
+                    let pool = plan.pool;
+                    g.commit_unmap(plan);
+                    dev.reserved.fetch_sub(plan.len, Ordering::AcqRel);
+                    dev.num_device_free.fetch_add(1, Ordering::Relaxed);
+                    dev.history
+                        .record(Action::SegmentUnmap, plan.addr, plan.len, g.stream());
+                    stats::decrease(&mut dev.seg_stats.lock().reserved_bytes, pool, plan.len);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let mut empty = Vec::new();
+        if release_empty {
+            g.release_empty_expandable(&mut empty);
+        }
+        for r in empty {
+            stats::decrease(&mut dev.seg_stats.lock().segment, r.pool, 1);
+            if let Err(e) = self.backend.free_range(dev.index, r.addr, r.size) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    /// Ask the backend for a segment, within the memory-fraction limit.
+    fn alloc_segment(
+        &self,
+        dev: &Device,
+        req: &Request,
+        stream: StreamId,
+    ) -> Result<u64, BackendError> {
+        let size = req.segment_size;
+        Self::reserve_bytes(dev, size)?;
         match self.backend.alloc_segment(dev.index, size) {
             Ok(addr) => {
                 dev.num_device_alloc.fetch_add(1, Ordering::Relaxed);
@@ -645,6 +764,7 @@ impl<B: Backend> CachingAllocator<B> {
                 self.process_events(dev, &mut g)?;
             }
             g.release_free_segments(&mut out);
+            self.unmap_free_pages(dev, &mut g, true)?;
         }
         self.free_segments(dev, &out)
     }
@@ -660,6 +780,13 @@ impl<B: Backend> CachingAllocator<B> {
             return Ok(());
         }
         let target = reserved - threshold;
+        if dev.granularity > 0 {
+            // Expandable segments carry no per-block age: over the threshold, their free
+            // pages all go back.
+            for shard in dev.shards() {
+                self.unmap_free_pages(dev, &mut shard.pools.lock(), true)?;
+            }
+        }
         let mut reclaimed = 0u64;
         let mut out = Vec::new();
         for shard in dev.shards() {
@@ -924,11 +1051,23 @@ impl<B: Backend> CachingAllocator<B> {
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         for dev in self.devices.iter() {
             let mut segs = Vec::new();
+            let mut seg_count = 0usize;
             for shard in dev.shards() {
                 let g = shard.pools.lock();
                 g.check_invariants(&self.config)
                     .map_err(|e| format!("device {} stream {}: {e}", dev.index, shard.stream))?;
                 segs.extend(g.segments());
+                seg_count += g.segment_count();
+                if dev.granularity > 0 {
+                    for s in g.segments().iter().filter(|s| s.expandable) {
+                        if s.addr % dev.granularity != 0 || s.size % dev.granularity != 0 {
+                            return Err(format!(
+                                "device {}: mapped run {:#x}+{} is not page-aligned",
+                                dev.index, s.addr, s.size
+                            ));
+                        }
+                    }
+                }
             }
             segs.sort_by_key(|s| s.addr);
             for w in segs.windows(2) {
@@ -949,15 +1088,11 @@ impl<B: Backend> CachingAllocator<B> {
             }
             let st = dev.seg_stats.lock();
             if st.reserved_bytes[0].current as u64 != total
-                || st.segment[0].current as usize != segs.len()
+                || st.segment[0].current as usize != seg_count
             {
                 return Err(format!(
                     "device {}: segment stats {:?}/{:?} vs recount {}/{}",
-                    dev.index,
-                    st.segment[0],
-                    st.reserved_bytes[0],
-                    segs.len(),
-                    total
+                    dev.index, st.segment[0], st.reserved_bytes[0], seg_count, total
                 ));
             }
             let mut raws = 0usize;
@@ -985,13 +1120,23 @@ impl<B: Backend> Drop for CachingAllocator<B> {
         for dev in self.devices.iter() {
             let mut all = Vec::new();
             for shard in dev.shards() {
-                for s in shard.pools.lock().segments() {
-                    all.push(ReleasedSegment {
-                        addr: s.addr,
-                        size: s.size,
-                        pool: s.pool,
-                        stream: s.stream,
-                    });
+                let g = shard.pools.lock();
+                for s in g.segments() {
+                    if s.expandable {
+                        let _ = self.backend.unmap_pages(dev.index, s.addr, s.size);
+                    } else {
+                        all.push(ReleasedSegment {
+                            addr: s.addr,
+                            size: s.size,
+                            pool: s.pool,
+                            stream: s.stream,
+                        });
+                    }
+                }
+                for pool in [PoolKind::Small, PoolKind::Large] {
+                    if let Some((addr, size)) = g.expandable_segment(pool) {
+                        let _ = self.backend.free_range(dev.index, addr, size);
+                    }
                 }
             }
             let _ = self.free_segments(dev, &all);

@@ -25,7 +25,9 @@ pub struct Config {
     pub roundup_power2_divisions: [u64; ROUNDUP_POWER2_INTERVALS],
     /// `garbage_collection_threshold` in (0, 1); 0.0 means off (default).
     pub garbage_collection_threshold: f64,
-    /// `expandable_segments`.
+    /// `expandable_segments`: per stream and pool, one segment whose address range is
+    /// reserved large and whose pages are mapped as needed (needs a backend with virtual
+    /// memory management).
     pub expandable_segments: bool,
 }
 
@@ -326,11 +328,7 @@ fn parse_with(
                 cfg.garbage_collection_threshold = v;
             }
             "expandable_segments" => {
-                let vpos = p.pos();
-                if p.boolean()? {
-                    return Err(p.err(vpos, "expandable_segments is not supported yet"));
-                }
-                cfg.expandable_segments = false;
+                cfg.expandable_segments = p.boolean()?;
             }
             "backend" => {
                 let (vpos, w) = p.word("native")?;
@@ -645,9 +643,11 @@ mod tests {
         assert!(e.message.contains("not a power of two"));
         let e = err("roundup_power2_divisions:[>:1,64:2]");
         assert!(e.message.contains("last"));
-        let e = err("expandable_segments:True");
-        assert_eq!(e.key.as_deref(), Some("expandable_segments"));
-        assert!(e.message.contains("not supported yet"));
+        assert!(
+            Config::parse("expandable_segments:True")
+                .unwrap()
+                .expandable_segments
+        );
         let e = err("expandable_segments:maybe");
         assert!(e.message.contains("True or False"));
         let e = err("backend:cudaMallocAsync");

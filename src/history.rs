@@ -25,6 +25,10 @@ pub enum Action {
     SegmentAlloc,
     /// A segment was returned to the driver.
     SegmentFree,
+    /// Pages were mapped into an expandable segment (`size` bytes at `addr`).
+    SegmentMap,
+    /// Pages of an expandable segment were unmapped.
+    SegmentUnmap,
     /// An allocation failed for lack of memory (`size` is the request).
     Oom,
 }
@@ -38,6 +42,8 @@ impl Action {
             Action::FreeCompleted => "free_completed",
             Action::SegmentAlloc => "segment_alloc",
             Action::SegmentFree => "segment_free",
+            Action::SegmentMap => "segment_map",
+            Action::SegmentUnmap => "segment_unmap",
             Action::Oom => "oom",
         }
     }

@@ -108,13 +108,10 @@ pub fn replay_device(
     opts: &ReplayOptions,
     mut progress: impl FnMut(u64),
 ) -> Result<ReplayReport> {
-    let mut notes = Vec::new();
+    let notes = Vec::new();
     let config = match &opts.config {
         Some(c) => c.clone(),
-        None => {
-            notes.extend(dev.settings_notes.iter().cloned());
-            dev.settings.clone().unwrap_or_default()
-        }
+        None => dev.settings.clone().unwrap_or_default(),
     };
     let capacity = opts
         .capacity

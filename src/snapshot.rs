@@ -82,7 +82,7 @@ impl<B: Backend> CachingAllocator<B> {
                         "segment_pool_id",
                         Value::Tuple(vec![Value::I64(0), Value::I64(0)]),
                     ),
-                    ("is_expandable", Value::Bool(false)),
+                    ("is_expandable", Value::Bool(seg.expandable)),
                     ("frames", Value::List(Vec::new())),
                     ("blocks", Value::List(blocks)),
                 ]));

@@ -126,6 +126,35 @@ fn child_vmm() {
 }
 
 #[test]
+fn expandable_allocator_over_fake_driver() {
+    run_child_with_fake_cuda("child_expandable", &[("FAKE_CUDA_CAPACITY", "104857600")]);
+}
+
+#[test]
+#[ignore = "runs in a child process started by expandable_allocator_over_fake_driver"]
+fn child_expandable() {
+    assert_in_child();
+    let cfg = Config::parse("expandable_segments:True").unwrap();
+    let alloc = CachingAllocator::new(CudaBackend::new().unwrap(), cfg).unwrap();
+    let a = alloc.malloc(3 * MIB, 0).unwrap();
+    let b = alloc.malloc(5 * MIB, 0).unwrap();
+    assert_eq!(b.ptr(), a.ptr() + 3 * MIB, "grown in place");
+    // SAFETY: the fake backs mapped pages with host memory.
+    unsafe { std::ptr::write_bytes(b.ptr() as *mut u8, 9, (5 * MIB) as usize) };
+    assert_eq!(fake_count("cuMemAddressReserve"), 1);
+    assert_eq!(fake_count("cuMemCreate"), 4);
+    assert_eq!(fake_count("cuMemAlloc"), 0);
+    drop((a, b));
+    alloc.empty_cache(None).unwrap();
+    assert!(fake_count("cuMemUnmap") >= 1);
+    assert_eq!(fake_count("cuMemRelease"), 4);
+    assert_eq!(fake_count("cuMemAddressFree"), 1);
+    let info = alloc.backend().mem_info(0).unwrap();
+    assert_eq!(info.free, info.total);
+    alloc.check_invariants().unwrap();
+}
+
+#[test]
 fn allocator_over_fake_driver() {
     run_child_with_fake_cuda("child_allocator", &[("FAKE_CUDA_CAPACITY", "104857600")]);
 }

@@ -209,11 +209,41 @@ fn oom_ladder_waits_for_outstanding_events() {
 }
 
 #[test]
-fn expandable_segments_is_refused_until_supported() {
+fn expandable_segments_need_virtual_memory_from_the_backend() {
+    struct NoVmm(SimBackend);
+    impl cudalloc::Backend for NoVmm {
+        fn device_count(&self) -> usize {
+            self.0.device_count()
+        }
+        fn alloc_segment(&self, d: usize, s: u64) -> Result<u64, BackendError> {
+            self.0.alloc_segment(d, s)
+        }
+        fn free_segment(&self, d: usize, a: u64, s: u64) -> Result<(), BackendError> {
+            self.0.free_segment(d, a, s)
+        }
+        fn mem_info(&self, d: usize) -> Result<cudalloc::MemInfo, BackendError> {
+            self.0.mem_info(d)
+        }
+        fn record_event(&self, d: usize, s: u64) -> Result<u64, BackendError> {
+            self.0.record_event(d, s)
+        }
+        fn query_event(&self, d: usize, e: u64) -> Result<bool, BackendError> {
+            self.0.query_event(d, e)
+        }
+        fn synchronize_event(&self, d: usize, e: u64) -> Result<(), BackendError> {
+            self.0.synchronize_event(d, e)
+        }
+        fn release_event(&self, d: usize, e: u64) {
+            self.0.release_event(d, e)
+        }
+        fn synchronize_device(&self, d: usize) -> Result<(), BackendError> {
+            self.0.synchronize_device(d)
+        }
+    }
     let cfg = Config {
         expandable_segments: true,
         ..Config::default()
     };
-    let e = CachingAllocator::new(SimBackend::new(1 << 30), cfg).unwrap_err();
-    assert!(e.to_string().contains("not supported yet"), "{e}");
+    let e = CachingAllocator::new(NoVmm(SimBackend::new(1 << 30)), cfg).unwrap_err();
+    assert!(e.to_string().contains("virtual memory"), "{e}");
 }

@@ -88,6 +88,13 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                 .unwrap()
         ),
         Just(Config::parse("max_split_size_mb:24,garbage_collection_threshold:0.7").unwrap()),
+        Just(Config::parse("expandable_segments:True").unwrap()),
+        Just(Config::parse("expandable_segments:True,max_split_size_mb:40").unwrap()),
+        Just(Config::parse("expandable_segments:True,garbage_collection_threshold:0.5").unwrap()),
+        Just(
+            Config::parse("expandable_segments:True,roundup_power2_divisions:[2:8,16:2,>:1]")
+                .unwrap()
+        ),
     ]
 }
 
@@ -424,7 +431,9 @@ fn check_all(
             ));
         }
         let reserved = st.segments.reserved_bytes[0].current as u64;
-        let used: u64 = alloc.backend().segments(d).iter().map(|s| s.1).sum();
+        let used: u64 = alloc.backend().segments(d).iter().map(|s| s.1).sum::<u64>()
+            + alloc.backend().mapped_pages(d).len() as u64
+                * cudalloc::backend::sim::SIM_GRANULARITY;
         if reserved != used {
             return Err(format!(
                 "device {d}: reserved {reserved} but the device holds {used}"

@@ -3,7 +3,9 @@
 //! and allocate nothing once the link table has grown to the block count.
 //!
 //! Among blocks of the same size the most recently freed one is taken first (its memory is
-//! most likely still in cache on the device); across sizes the fit is exact best fit.
+//! most likely still in cache on the device); across sizes the fit is exact best fit. Blocks
+//! larger than a small segment (merged pages of an expandable segment) share the last list,
+//! which fits every small request.
 
 use super::{MIN_BLOCK_SIZE, NIL, SMALL_BUFFER};
 
@@ -15,15 +17,15 @@ pub(super) struct SmallBins {
     heads: Box<[u32; CLASSES]>,
     words: [u64; WORDS],
     summary: u128,
-    /// (prev, next) in its size list, per block id.
-    links: Vec<(u32, u32)>,
+    /// (prev, next, size) in its size list, per block id.
+    links: Vec<(u32, u32, u64)>,
     len: usize,
 }
 
 #[inline]
 fn class(size: u64) -> usize {
-    debug_assert!(size.is_multiple_of(MIN_BLOCK_SIZE) && size <= SMALL_BUFFER);
-    (size / MIN_BLOCK_SIZE) as usize
+    debug_assert!(size.is_multiple_of(MIN_BLOCK_SIZE));
+    ((size / MIN_BLOCK_SIZE) as usize).min(CLASSES - 1)
 }
 
 impl SmallBins {
@@ -45,10 +47,10 @@ impl SmallBins {
     pub(super) fn insert(&mut self, id: u32, size: u64) {
         let c = class(size);
         if self.links.len() <= id as usize {
-            self.links.resize(id as usize + 1, (NIL, NIL));
+            self.links.resize(id as usize + 1, (NIL, NIL, 0));
         }
         let head = self.heads[c];
-        self.links[id as usize] = (NIL, head);
+        self.links[id as usize] = (NIL, head, size);
         if head != NIL {
             self.links[head as usize].0 = id;
         } else {
@@ -62,7 +64,7 @@ impl SmallBins {
     #[inline]
     pub(super) fn remove(&mut self, id: u32, size: u64) {
         let c = class(size);
-        let (prev, next) = self.links[id as usize];
+        let (prev, next, _) = self.links[id as usize];
         if prev != NIL {
             self.links[prev as usize].1 = next;
         } else {
@@ -77,7 +79,7 @@ impl SmallBins {
         if next != NIL {
             self.links[next as usize].0 = prev;
         }
-        self.links[id as usize] = (NIL, NIL);
+        self.links[id as usize] = (NIL, NIL, 0);
         self.len -= 1;
     }
 
@@ -111,6 +113,17 @@ impl SmallBins {
         }
         let w = 127 - self.summary.leading_zeros() as usize;
         let c = w * 64 + 63 - self.words[w].leading_zeros() as usize;
+        if c == CLASSES - 1 {
+            // The last list holds every size from a segment's up: look at them.
+            let mut i = self.heads[c];
+            let mut max = 0;
+            while i != NIL {
+                let (_, next, size) = self.links[i as usize];
+                max = max.max(size);
+                i = next;
+            }
+            return Some(max);
+        }
         Some(c as u64 * MIN_BLOCK_SIZE)
     }
 
@@ -147,6 +160,18 @@ impl SmallBins {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_beyond_a_small_segment_share_the_last_list() {
+        let mut b = SmallBins::new();
+        b.insert(1, 6 << 20);
+        b.insert(2, 4 << 20);
+        assert_eq!(b.first_at_least(1 << 20), Some(2));
+        assert_eq!(b.largest(), Some(6 << 20));
+        assert!(b.contains(1, 6 << 20));
+        b.remove(2, 4 << 20);
+        assert_eq!(b.first_at_least(512), Some(1));
+    }
 
     #[test]
     fn best_fit_across_words_and_lifo_within_size() {

@@ -229,6 +229,10 @@ struct Block {
     gc_base: u64,
     /// Other streams that used this block (`record_stream`); capacity kept across reuse.
     stream_uses: Vec<StreamId>,
+    /// Backed by device memory. Always true in fixed segments; in an expandable segment,
+    /// unmapped blocks are free address space with no memory behind it (never handed out,
+    /// not in the free sets).
+    mapped: bool,
     live: bool,
 }
 
@@ -238,6 +242,8 @@ struct Segment {
     size: u64,
     pool: PoolKind,
     head: u32,
+    /// An expandable segment: a reserved address range whose pages are mapped as needed.
+    expandable: bool,
     live: bool,
 }
 
@@ -254,6 +260,27 @@ pub struct BlockInfo {
     pub state: BlockState,
 }
 
+/// A range of an expandable segment to map (from [`StreamPools::plan_map`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapPlan {
+    /// Start (page-aligned).
+    pub addr: u64,
+    /// Length (whole pages).
+    pub len: u64,
+}
+
+/// A range of free pages to unmap (from [`StreamPools::plan_unmap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnmapPlan {
+    block: u32,
+    /// Pool of the segment.
+    pub pool: PoolKind,
+    /// Start (page-aligned).
+    pub addr: u64,
+    /// Length (whole pages).
+    pub len: u64,
+}
+
 /// A segment as reported to the outside.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentInfo {
@@ -265,6 +292,8 @@ pub struct SegmentInfo {
     pub pool: PoolKind,
     /// Stream the segment belongs to.
     pub stream: StreamId,
+    /// Part of an expandable segment: one contiguous mapped run of it.
+    pub expandable: bool,
     /// Its blocks, in address order; they tile the segment.
     pub blocks: Vec<BlockInfo>,
 }
@@ -296,6 +325,12 @@ pub struct StreamPools {
     small: bins::SmallBins,
     /// Free blocks of the large pool.
     large: FreeSet,
+    /// The expandable segment of each pool (small, large), if any.
+    expandable: [Option<u32>; 2],
+    /// Unmapped blocks of the expandable segments, per pool, by address.
+    unmapped: [BTreeSet<(u64, u32)>; 2],
+    /// Bytes mapped in expandable segments.
+    mapped_bytes: u64,
     /// Events recorded on other streams for freed blocks, oldest first.
     pending: VecDeque<(EventId, u32)>,
     /// Per pool, how many lookups have been made (GC age clock).
@@ -315,6 +350,9 @@ impl StreamPools {
             spare_segments: Vec::new(),
             small: bins::SmallBins::new(),
             large: FreeSet::new(),
+            expandable: [None, None],
+            unmapped: [BTreeSet::new(), BTreeSet::new()],
+            mapped_bytes: 0,
             pending: VecDeque::new(),
             lookups: [0; 2],
             live_segments: 0,
@@ -400,6 +438,12 @@ impl StreamPools {
     }
 
     #[inline]
+    fn is_mapped_free(&self, i: u32) -> bool {
+        let b = &self.blocks[i as usize];
+        b.state == BlockState::Free && b.mapped
+    }
+
+    #[inline]
     fn is_split(&self, i: u32) -> bool {
         let b = &self.blocks[i as usize];
         b.prev != NIL || b.next != NIL
@@ -410,7 +454,12 @@ impl StreamPools {
     #[inline]
     fn inactive_split_account(&mut self, i: u32, add: bool) {
         let b = &self.blocks[i as usize];
-        if b.state == BlockState::Free && self.is_split(i) {
+        // As in PyTorch, blocks of expandable segments are left out: their free pages can
+        // always be given back.
+        if b.state == BlockState::Free
+            && self.is_split(i)
+            && !self.segments[b.seg as usize].expandable
+        {
             let size = b.size;
             let pool = self.segments[b.seg as usize].pool;
             if add {
@@ -471,6 +520,10 @@ impl StreamPools {
                 (size, id)
             }
         };
+        if self.segments[self.blocks[id as usize].seg as usize].expandable {
+            // max_split_size guards fixed segments; free pages of expandable ones go back.
+            return Some(id);
+        }
         // A request below max_split_size never takes an oversize block...
         if req.rounded < cfg.max_split_size && size >= cfg.max_split_size {
             return None;
@@ -487,6 +540,9 @@ impl StreamPools {
     fn should_split(&self, i: u32, rounded: u64, cfg: &Config) -> bool {
         let b = &self.blocks[i as usize];
         let remaining = b.size - rounded;
+        if self.segments[b.seg as usize].expandable {
+            return remaining >= MIN_BLOCK_SIZE;
+        }
         match self.segments[b.seg as usize].pool {
             PoolKind::Small => remaining >= MIN_BLOCK_SIZE,
             PoolKind::Large => rounded < cfg.max_split_size && remaining > SMALL_SIZE,
@@ -513,6 +569,7 @@ impl StreamPools {
                 pending_events: 0,
                 gc_base: 0,
                 stream_uses: Vec::new(),
+                mapped: true,
                 live: true,
             });
             if next != NIL {
@@ -562,6 +619,7 @@ impl StreamPools {
             size,
             pool: req.pool,
             head: NIL,
+            expandable: false,
             live: true,
         };
         let s = if let Some(s) = self.spare_segments.pop() {
@@ -583,6 +641,7 @@ impl StreamPools {
             pending_events: 0,
             gc_base: 0,
             stream_uses: Vec::new(),
+            mapped: true,
             live: true,
         });
         self.segments[s as usize].head = i;
@@ -703,7 +762,7 @@ impl StreamPools {
         let mut cur = i;
         // Merge with the previous block if free: the previous one survives.
         let prev = self.blocks[cur as usize].prev;
-        if prev != NIL && self.blocks[prev as usize].state == BlockState::Free {
+        if prev != NIL && self.is_mapped_free(prev) {
             self.inactive_split_account(prev, false);
             self.remove_free(prev);
             let (size, next) = {
@@ -719,7 +778,7 @@ impl StreamPools {
             cur = prev;
         }
         let next = self.blocks[cur as usize].next;
-        if next != NIL && self.blocks[next as usize].state == BlockState::Free {
+        if next != NIL && self.is_mapped_free(next) {
             self.inactive_split_account(next, false);
             self.remove_free(next);
             let (size, nn) = {
@@ -759,7 +818,7 @@ impl StreamPools {
     pub fn release_free_segments(&mut self, out: &mut Vec<ReleasedSegment>) {
         for pool in [PoolKind::Small, PoolKind::Large] {
             for i in self.free_ids(pool) {
-                if !self.is_split(i) {
+                if !self.is_split(i) && !self.in_expandable(i) {
                     out.push(self.release_segment_of(i));
                 }
             }
@@ -773,7 +832,7 @@ impl StreamPools {
         self.large
             .iter()
             .map(|&(_, _, i)| i)
-            .filter(|&i| !self.is_split(i))
+            .filter(|&i| !self.is_split(i) && !self.in_expandable(i))
             .map(|i| (now - self.blocks[i as usize].gc_base, i))
             .collect()
     }
@@ -781,7 +840,11 @@ impl StreamPools {
     /// Release the whole free segment whose block is `block` (from [`Self::gc_candidates`]).
     pub fn release_gc_candidate(&mut self, block: u32) -> Option<ReleasedSegment> {
         let b = self.blocks.get(block as usize)?;
-        if !b.live || b.state != BlockState::Free || self.is_split(block) {
+        if !b.live
+            || b.state != BlockState::Free
+            || self.is_split(block)
+            || self.in_expandable(block)
+        {
             return None;
         }
         Some(self.release_segment_of(block))
@@ -803,36 +866,345 @@ impl StreamPools {
         small + self.large.iter().map(|&(s, _, _)| s).sum::<u64>()
     }
 
-    /// Segments with their blocks, in address order.
+    /// Segments with their blocks, in address order. An expandable segment is reported as
+    /// its contiguous mapped runs (each one a segment of its own, as PyTorch's snapshots show
+    /// mapped memory); unmapped address space is left out.
     pub fn segments(&self) -> Vec<SegmentInfo> {
-        let mut v: Vec<SegmentInfo> = self
-            .segments
-            .iter()
-            .filter(|s| s.live)
-            .map(|s| {
-                let mut blocks = Vec::new();
-                let mut i = s.head;
-                while i != NIL {
-                    let b = &self.blocks[i as usize];
-                    blocks.push(BlockInfo {
+        let mut v = Vec::new();
+        for s in self.segments.iter().filter(|s| s.live) {
+            let mut run: Option<SegmentInfo> = None;
+            let mut i = s.head;
+            while i != NIL {
+                let b = &self.blocks[i as usize];
+                if b.mapped {
+                    let r = run.get_or_insert_with(|| SegmentInfo {
+                        addr: b.addr,
+                        size: 0,
+                        pool: s.pool,
+                        stream: self.stream,
+                        expandable: s.expandable,
+                        blocks: Vec::new(),
+                    });
+                    r.size += b.size;
+                    r.blocks.push(BlockInfo {
                         addr: b.addr,
                         size: b.size,
                         requested: b.requested,
                         state: b.state,
                     });
-                    i = b.next;
+                } else if let Some(r) = run.take() {
+                    v.push(r);
                 }
-                SegmentInfo {
-                    addr: s.addr,
-                    size: s.size,
-                    pool: s.pool,
-                    stream: self.stream,
-                    blocks,
-                }
-            })
-            .collect();
+                i = b.next;
+            }
+            v.extend(run);
+        }
         v.sort_by_key(|s| s.addr);
         v
+    }
+
+    #[inline]
+    fn in_expandable(&self, i: u32) -> bool {
+        self.segments[self.blocks[i as usize].seg as usize].expandable
+    }
+
+    /// Bytes mapped in this stream's expandable segments.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.mapped_bytes
+    }
+
+    /// The expandable segment of `pool`, as (address, reserved size), if there is one.
+    pub fn expandable_segment(&self, pool: PoolKind) -> Option<(u64, u64)> {
+        self.expandable[pool.idx()].map(|s| {
+            let seg = &self.segments[s as usize];
+            (seg.addr, seg.size)
+        })
+    }
+
+    /// Adopt a reserved address range as the expandable segment of `pool` (nothing mapped).
+    pub fn add_expandable_segment(&mut self, addr: u64, size: u64, pool: PoolKind) {
+        let seg = Segment {
+            addr,
+            size,
+            pool,
+            head: NIL,
+            expandable: true,
+            live: true,
+        };
+        let s = if let Some(s) = self.spare_segments.pop() {
+            self.segments[s as usize] = seg;
+            s
+        } else {
+            self.segments.push(seg);
+            (self.segments.len() - 1) as u32
+        };
+        self.live_segments += 1;
+        let i = self.new_block(Block {
+            addr,
+            size,
+            requested: 0,
+            seg: s,
+            prev: NIL,
+            next: NIL,
+            state: BlockState::Free,
+            pending_events: 0,
+            gc_base: 0,
+            stream_uses: Vec::new(),
+            mapped: false,
+            live: true,
+        });
+        self.segments[s as usize].head = i;
+        self.unmapped[pool.idx()].insert((addr, i));
+        self.expandable[pool.idx()] = Some(s);
+    }
+
+    /// Where to map pages so that `req` fits in the expandable segment of its pool: the
+    /// lowest unmapped range that, with the free mapped block just before it, covers the
+    /// request. `None` when the segment is missing or has no such room.
+    pub fn plan_map(&self, req: &Request, granularity: u64) -> Option<MapPlan> {
+        // The lowest range that fits: holes left by unmapped pages are filled before the
+        // tail grows. (Best fit among the ranges was measured too, and did worse on the
+        // shared traces.)
+        for &(addr, u) in &self.unmapped[req.pool.idx()] {
+            let b = &self.blocks[u as usize];
+            let before = if b.prev != NIL && self.is_mapped_free(b.prev) {
+                self.blocks[b.prev as usize].size
+            } else {
+                0
+            };
+            let need = req.rounded.saturating_sub(before).max(1);
+            let len = need.div_ceil(granularity) * granularity;
+            if len <= b.size {
+                return Some(MapPlan { addr, len });
+            }
+        }
+        None
+    }
+
+    /// Merge mapped free block `i` (not in the free set) with its mapped free neighbours
+    /// (taken out of the free set); returns the surviving block, not in the free set.
+    fn merge_mapped_free(&mut self, mut i: u32) -> u32 {
+        let prev = self.blocks[i as usize].prev;
+        if prev != NIL && self.is_mapped_free(prev) {
+            self.inactive_split_account(prev, false);
+            self.remove_free(prev);
+            let (size, next) = (self.blocks[i as usize].size, self.blocks[i as usize].next);
+            self.blocks[prev as usize].size += size;
+            self.blocks[prev as usize].next = next;
+            if next != NIL {
+                self.blocks[next as usize].prev = prev;
+            }
+            self.drop_block(i);
+            i = prev;
+        }
+        let next = self.blocks[i as usize].next;
+        if next != NIL && self.is_mapped_free(next) {
+            self.inactive_split_account(next, false);
+            self.remove_free(next);
+            let (size, nn) = (
+                self.blocks[next as usize].size,
+                self.blocks[next as usize].next,
+            );
+            self.blocks[i as usize].size += size;
+            self.blocks[i as usize].next = nn;
+            if nn != NIL {
+                self.blocks[nn as usize].prev = i;
+            }
+            self.drop_block(next);
+        }
+        i
+    }
+
+    /// The pages of `plan` were mapped: they join the free space before them, and `req` is
+    /// served from it.
+    pub fn commit_map(&mut self, plan: MapPlan, req: &Request, cfg: &Config) -> BlockId {
+        let p = req.pool.idx();
+        let &(_, u) = self.unmapped[p]
+            .range((plan.addr, 0)..=(plan.addr, u32::MAX))
+            .next()
+            .expect("plan_map names an unmapped block");
+        self.unmapped[p].remove(&(plan.addr, u));
+        let size = self.blocks[u as usize].size;
+        if plan.len < size {
+            let (seg, next) = (self.blocks[u as usize].seg, self.blocks[u as usize].next);
+            let rest = self.new_block(Block {
+                addr: plan.addr + plan.len,
+                size: size - plan.len,
+                requested: 0,
+                seg,
+                prev: u,
+                next,
+                state: BlockState::Free,
+                pending_events: 0,
+                gc_base: 0,
+                stream_uses: Vec::new(),
+                mapped: false,
+                live: true,
+            });
+            if next != NIL {
+                self.blocks[next as usize].prev = rest;
+            }
+            self.blocks[u as usize].next = rest;
+            self.blocks[u as usize].size = plan.len;
+            self.unmapped[p].insert((plan.addr + plan.len, rest));
+        }
+        self.blocks[u as usize].mapped = true;
+        self.mapped_bytes += plan.len;
+        let i = self.merge_mapped_free(u);
+        self.take_block(i, req, cfg)
+    }
+
+    /// Free pages of this stream's expandable segments that could be unmapped: the whole
+    /// pages inside each free mapped block.
+    pub fn plan_unmap(&self, granularity: u64) -> Vec<UnmapPlan> {
+        let mut out = Vec::new();
+        for s in self.expandable.iter().flatten() {
+            let pool = self.segments[*s as usize].pool;
+            let mut i = self.segments[*s as usize].head;
+            while i != NIL {
+                let b = &self.blocks[i as usize];
+                if b.mapped && b.state == BlockState::Free {
+                    let start = b.addr.div_ceil(granularity) * granularity;
+                    let end = (b.addr + b.size) / granularity * granularity;
+                    if end > start {
+                        out.push(UnmapPlan {
+                            block: i,
+                            pool,
+                            addr: start,
+                            len: end - start,
+                        });
+                    }
+                }
+                i = b.next;
+            }
+        }
+        out
+    }
+
+    /// The pages of `plan` were unmapped: they become unmapped address space.
+    pub fn commit_unmap(&mut self, plan: UnmapPlan) {
+        let b = plan.block;
+        let (addr, size, seg, next) = {
+            let x = &self.blocks[b as usize];
+            (x.addr, x.size, x.seg, x.next)
+        };
+        debug_assert!(self.is_mapped_free(b) && addr <= plan.addr);
+        let pool = self.segments[seg as usize].pool;
+        self.remove_free(b);
+        let pre = plan.addr - addr;
+        let post = addr + size - (plan.addr + plan.len);
+        let blank = |a: u64, sz: u64, mapped: bool| Block {
+            addr: a,
+            size: sz,
+            requested: 0,
+            seg,
+            prev: NIL,
+            next: NIL,
+            state: BlockState::Free,
+            pending_events: 0,
+            gc_base: 0,
+            stream_uses: Vec::new(),
+            mapped,
+            live: true,
+        };
+        // [addr, plan.addr) stays mapped free (in `b`), the pages become `u`, the tail `q`.
+        let u = if pre > 0 {
+            self.blocks[b as usize].size = pre;
+            let u = self.new_block(blank(plan.addr, plan.len, false));
+            self.blocks[b as usize].next = u;
+            self.blocks[u as usize].prev = b;
+            self.blocks[u as usize].next = next;
+            if next != NIL {
+                self.blocks[next as usize].prev = u;
+            }
+            self.insert_free(b);
+            u
+        } else {
+            let x = &mut self.blocks[b as usize];
+            x.size = plan.len;
+            x.mapped = false;
+            b
+        };
+        if post > 0 {
+            let q = self.new_block(blank(plan.addr + plan.len, post, true));
+            let after = self.blocks[u as usize].next;
+            self.blocks[u as usize].next = q;
+            self.blocks[q as usize].prev = u;
+            self.blocks[q as usize].next = after;
+            if after != NIL {
+                self.blocks[after as usize].prev = q;
+            }
+            self.insert_free(q);
+        }
+        self.mapped_bytes -= plan.len;
+        // Coalesce with unmapped neighbours.
+        let p = pool.idx();
+        let mut u = u;
+        let prev = self.blocks[u as usize].prev;
+        if prev != NIL && !self.blocks[prev as usize].mapped {
+            let (size, after) = (self.blocks[u as usize].size, self.blocks[u as usize].next);
+            self.blocks[prev as usize].size += size;
+            self.blocks[prev as usize].next = after;
+            if after != NIL {
+                self.blocks[after as usize].prev = prev;
+            }
+            self.drop_block(u);
+            u = prev;
+        } else {
+            self.unmapped[p].insert((self.blocks[u as usize].addr, u));
+        }
+        let next = self.blocks[u as usize].next;
+        if next != NIL && !self.blocks[next as usize].mapped {
+            let naddr = self.blocks[next as usize].addr;
+            self.unmapped[p].remove(&(naddr, next));
+            let (size, after) = (
+                self.blocks[next as usize].size,
+                self.blocks[next as usize].next,
+            );
+            self.blocks[u as usize].size += size;
+            self.blocks[u as usize].next = after;
+            if after != NIL {
+                self.blocks[after as usize].prev = u;
+            }
+            self.drop_block(next);
+        }
+    }
+
+    /// Expandable segments with nothing mapped any more: forgotten here, returned for the
+    /// front to give their address range back.
+    pub fn release_empty_expandable(&mut self, out: &mut Vec<ReleasedSegment>) {
+        for p in 0..2 {
+            let Some(s) = self.expandable[p] else {
+                continue;
+            };
+            let head = self.segments[s as usize].head;
+            let b = &self.blocks[head as usize];
+            if b.next == NIL && !b.mapped {
+                let addr = b.addr;
+                self.unmapped[p].remove(&(addr, head));
+                self.drop_block(head);
+                let seg = &mut self.segments[s as usize];
+                seg.live = false;
+                out.push(ReleasedSegment {
+                    addr: seg.addr,
+                    size: seg.size,
+                    pool: seg.pool,
+                    stream: self.stream,
+                });
+                self.spare_segments.push(s);
+                self.live_segments -= 1;
+                self.expandable[p] = None;
+            }
+        }
+    }
+
+    /// Every mapped page range of the expandable segments (for teardown).
+    pub fn mapped_runs(&self) -> Vec<(u64, u64)> {
+        self.segments()
+            .into_iter()
+            .filter(|s| s.expandable)
+            .map(|s| (s.addr, s.size))
+            .collect()
     }
 
     /// Check every invariant of the pools; `Err` says which one broke. Costs a full scan:
@@ -840,15 +1212,21 @@ impl StreamPools {
     pub fn check_invariants(&self, cfg: &Config) -> Result<(), String> {
         let mut recount = BlockStats::default();
         let mut free_seen = 0usize;
+        let mut unmapped_seen = 0usize;
+        let mut mapped_recount = 0u64;
         let mut pending_seen = 0u64;
         for (si, s) in self.segments.iter().enumerate() {
             if !s.live {
                 continue;
             }
+            if s.expandable && self.expandable[s.pool.idx()] != Some(si as u32) {
+                return Err(format!("expandable segment {si} is not its pool's"));
+            }
             let mut i = s.head;
             let mut expect_addr = s.addr;
             let mut prev = NIL;
             let mut prev_free = false;
+            let mut prev_unmapped = false;
             while i != NIL {
                 let b = self
                     .blocks
@@ -875,6 +1253,34 @@ impl StreamPools {
                 if b.size == 0 || b.size % MIN_BLOCK_SIZE != 0 {
                     return Err(format!("block {i}: bad size {}", b.size));
                 }
+                if !b.mapped {
+                    if !s.expandable {
+                        return Err(format!("block {i} of fixed segment {si} is unmapped"));
+                    }
+                    if b.state != BlockState::Free {
+                        return Err(format!("block {i} in unmapped pages is {:?}", b.state));
+                    }
+                    if prev_unmapped {
+                        return Err(format!(
+                            "segment {si}: adjacent unmapped blocks at {:#x}",
+                            b.addr
+                        ));
+                    }
+                    if !self.unmapped[s.pool.idx()].contains(&(b.addr, i)) {
+                        return Err(format!("unmapped block {i} missing from the unmapped set"));
+                    }
+                    unmapped_seen += 1;
+                    expect_addr = b.addr + b.size;
+                    prev_free = false;
+                    prev_unmapped = true;
+                    prev = i;
+                    i = b.next;
+                    continue;
+                }
+                prev_unmapped = false;
+                if s.expandable {
+                    mapped_recount += b.size;
+                }
                 let free = b.state == BlockState::Free;
                 if free && prev_free {
                     return Err(format!(
@@ -889,7 +1295,7 @@ impl StreamPools {
                 if free != in_set {
                     return Err(format!("block {i}: free={free} but in free set={in_set}"));
                 }
-                let split = b.prev != NIL || b.next != NIL;
+                let split = (b.prev != NIL || b.next != NIL) && !s.expandable;
                 match b.state {
                     BlockState::Free => {
                         free_seen += 1;
@@ -931,6 +1337,18 @@ impl StreamPools {
                     s.addr + s.size
                 ));
             }
+        }
+        let unmapped_len: usize = self.unmapped.iter().map(BTreeSet::len).sum();
+        if unmapped_len != unmapped_seen {
+            return Err(format!(
+                "unmapped sets hold {unmapped_len} entries, segments {unmapped_seen} blocks"
+            ));
+        }
+        if mapped_recount != self.mapped_bytes {
+            return Err(format!(
+                "mapped bytes kept {}, recount {mapped_recount}",
+                self.mapped_bytes
+            ));
         }
         let set_len = self.small.len() + self.large.len();
         if set_len != free_seen {

@@ -173,3 +173,127 @@ fn gc_candidates_age_with_lookups() {
     assert_eq!(r.addr, 0x1_0000_0000);
     p.check_invariants(&c).unwrap();
 }
+
+mod expandable {
+    use super::*;
+
+    const G: u64 = 2 * MIB;
+
+    fn pools() -> (StreamPools, Config) {
+        let c = Config {
+            expandable_segments: true,
+            ..Config::default()
+        };
+        let mut p = StreamPools::new(0);
+        p.add_expandable_segment(0x10_0000_0000, 64 * G, PoolKind::Large);
+        (p, c)
+    }
+
+    #[test]
+    fn pages_are_mapped_at_the_lowest_room_and_merged() {
+        let (mut p, c) = pools();
+        p.check_invariants(&c).unwrap();
+        let r = Request::new(3 * MIB, &c);
+        let plan = p.plan_map(&r, G).unwrap();
+        assert_eq!(
+            plan,
+            MapPlan {
+                addr: 0x10_0000_0000,
+                len: 2 * G
+            }
+        );
+        let a = p.commit_map(plan, &r, &c);
+        assert_eq!(p.block_size(a), 3 * MIB, "split: any remainder is kept");
+        assert_eq!(p.mapped_bytes(), 4 * MIB);
+        p.check_invariants(&c).unwrap();
+        // The 1 MiB left over counts toward the next request's mapping.
+        let r2 = Request::new(5 * MIB, &c);
+        assert!(p.try_alloc(&r2, &c).is_none());
+        let plan2 = p.plan_map(&r2, G).unwrap();
+        assert_eq!(
+            plan2,
+            MapPlan {
+                addr: 0x10_0000_0000 + 2 * G,
+                len: 2 * G
+            }
+        );
+        let b = p.commit_map(plan2, &r2, &c);
+        assert_eq!(p.block_addr(b), 0x10_0000_0000 + 3 * MIB);
+        p.check_invariants(&c).unwrap();
+        // Inactive split blocks are not counted in expandable segments (as in PyTorch).
+        assert_eq!(p.stats().inactive_split[0].current, 0);
+    }
+
+    #[test]
+    fn free_pages_are_unmapped_and_holes_reused() {
+        let (mut p, c) = pools();
+        let r = Request::new(4 * MIB, &c);
+        let ids: Vec<BlockId> = (0..4)
+            .map(|_| {
+                let plan = p.plan_map(&r, G).unwrap();
+                p.commit_map(plan, &r, &c)
+            })
+            .collect();
+        assert_eq!(p.mapped_bytes(), 16 * MIB);
+        p.free(ids[1], &c);
+        p.free(ids[2], &c);
+        p.check_invariants(&c).unwrap();
+        let plans = p.plan_unmap(G);
+        assert_eq!(plans.len(), 1);
+        assert_eq!(
+            (plans[0].addr, plans[0].len),
+            (0x10_0000_0000 + 4 * MIB, 8 * MIB)
+        );
+        p.commit_unmap(plans[0]);
+        assert_eq!(p.mapped_bytes(), 8 * MIB);
+        p.check_invariants(&c).unwrap();
+        // A mapped run per side of the hole.
+        assert_eq!(p.segments().len(), 2);
+        // The hole is reused before the tail.
+        let plan = p.plan_map(&Request::new(6 * MIB, &c), G).unwrap();
+        assert_eq!(plan.addr, 0x10_0000_0000 + 4 * MIB);
+        // Everything free and unmapped: the segment can be released.
+        p.free(ids[0], &c);
+        p.free(ids[3], &c);
+        for plan in p.plan_unmap(G) {
+            p.commit_unmap(plan);
+        }
+        p.check_invariants(&c).unwrap();
+        let mut out = Vec::new();
+        p.release_empty_expandable(&mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].size, 64 * G);
+        assert_eq!(p.segment_count(), 0);
+        p.check_invariants(&c).unwrap();
+    }
+
+    #[test]
+    fn partial_pages_stay_mapped_around_live_blocks() {
+        let (mut p, c) = pools();
+        let r = Request::new(2 * MIB + 512, &c);
+        let a = p.commit_map(p.plan_map(&r, G).unwrap(), &r, &c);
+        let b = p.try_alloc(&Request::new(MIB + 512, &c), &c).unwrap();
+        assert_eq!(p.block_addr(b), 0x10_0000_0000 + 2 * MIB + 512);
+        p.free(a, &c);
+        // [0, 2 MiB + 512) free, then the live block on page 1: only page 0 unmaps.
+        let plans = p.plan_unmap(G);
+        assert_eq!(plans.len(), 1);
+        assert_eq!((plans[0].addr, plans[0].len), (0x10_0000_0000, G));
+        p.commit_unmap(plans[0]);
+        p.check_invariants(&c).unwrap();
+        assert_eq!(p.mapped_bytes(), G);
+    }
+
+    #[test]
+    fn max_split_size_does_not_apply_inside_expandable_segments() {
+        let (mut p, mut c) = pools();
+        c.max_split_size = 40 * MIB;
+        let big = Request::new(64 * MIB, &c);
+        let x = p.commit_map(p.plan_map(&big, G).unwrap(), &big, &c);
+        p.free(x, &c);
+        // A small request may use (and split) the large free block.
+        let y = p.try_alloc(&Request::new(30 * MIB, &c), &c).unwrap();
+        assert_eq!(p.block_size(y), 30 * MIB);
+        p.check_invariants(&c).unwrap();
+    }
+}

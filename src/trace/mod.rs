@@ -76,8 +76,6 @@ pub struct DeviceTrace {
     pub initial_live: Vec<Block>,
     /// The allocator settings recorded with the trace, when it has any.
     pub settings: Option<Config>,
-    /// Settings in the trace that cudalloc cannot apply (said once when replaying).
-    pub settings_notes: Vec<String>,
     /// Device capacity, when the trace knows it.
     pub device_total: Option<u64>,
     /// PyTorch's reserved bytes before the first event (snapshots only).
@@ -424,20 +422,13 @@ fn int_of(v: &PVal, key: &str) -> Option<u64> {
     v.get(key).and_then(|x| x.as_i64()).map(|i| i as u64)
 }
 
-/// The allocator settings a snapshot recorded (a dict in PyTorch ≥ 2.x), as a [`Config`],
-/// plus notes on what cannot be applied.
-fn settings_of(v: &PVal) -> (Option<Config>, Vec<String>) {
-    let Some(s) = v.get("allocator_settings") else {
-        return (None, Vec::new());
-    };
-    let Some(pairs) = s.pairs() else {
-        return (None, Vec::new());
-    };
-    if pairs.is_empty() {
-        return (None, Vec::new());
+/// The allocator settings a snapshot recorded (a dict in PyTorch ≥ 2.x), as a [`Config`].
+fn settings_of(v: &PVal) -> Option<Config> {
+    let s = v.get("allocator_settings")?;
+    if s.pairs()?.is_empty() {
+        return None;
     }
     let mut cfg = Config::default();
-    let mut notes = Vec::new();
     if let Some(m) = s.get("max_split_size").and_then(|x| x.as_i64())
         && m > 0
     {
@@ -459,11 +450,7 @@ fn settings_of(v: &PVal) -> (Option<Config>, Vec<String>) {
         cfg.garbage_collection_threshold = g;
     }
     if let Some(PVal::Bool(true)) = s.get("expandable_segments") {
-        notes.push(
-            "the trace used expandable_segments:True, which cudalloc does not support yet; \
-             replaying without it"
-                .to_string(),
-        );
+        cfg.expandable_segments = true;
     }
     if let Some(r) = s.get("roundup_power2_divisions").and_then(|x| x.pairs()) {
         for (k, val) in r {
@@ -479,7 +466,7 @@ fn settings_of(v: &PVal) -> (Option<Config>, Vec<String>) {
             }
         }
     }
-    (Some(cfg), notes)
+    Some(cfg)
 }
 
 fn parse_snapshot(name: &str, data: &[u8]) -> Result<Trace, TraceError> {
@@ -492,7 +479,7 @@ fn parse_snapshot(name: &str, data: &[u8]) -> Result<Trace, TraceError> {
         .get("segments")
         .and_then(|s| s.items())
         .ok_or_else(|| err(name, None, "not a memory snapshot: no 'segments' list"))?;
-    let (settings, notes) = settings_of(&root);
+    let settings = settings_of(&root);
     let mut devices = Vec::new();
     for (d, entries) in traces.iter().enumerate() {
         let entries = entries
@@ -580,7 +567,6 @@ fn parse_snapshot(name: &str, data: &[u8]) -> Result<Trace, TraceError> {
             events,
             initial_live,
             settings: settings.clone(),
-            settings_notes: notes.clone(),
             device_total: None,
             pytorch_start_reserved: Some(start.max(0) as u64),
         });
