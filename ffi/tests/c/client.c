@@ -44,7 +44,7 @@ int main(void) {
     CHECK(cudalloc_configure("max_split_size_mb:5") == CUDALLOC_ERROR_CONFIG);
     CHECK(error_mentions("max_split_size_mb") && error_mentions("position"));
     CHECK(cudalloc_configure("no_such_key:1") == CUDALLOC_ERROR_CONFIG);
-    CHECK(cudalloc_configure("expandable_segments:True") == CUDALLOC_ERROR_CONFIG);
+    CHECK(cudalloc_configure("expandable_segments:maybe") == CUDALLOC_ERROR_CONFIG);
     CHECK(cudalloc_configure("max_split_size_mb:64,garbage_collection_threshold:0.8") == CUDALLOC_OK);
     CHECK(cudalloc_last_error() == NULL);
 
