@@ -77,6 +77,29 @@ fn child_backend() {
 }
 
 #[test]
+fn statuses_unknown_to_the_bindings_are_reported() {
+    run_child_with_fake_cuda(
+        "child_unknown_status",
+        &[("FAKE_CUDA_UNKNOWN_FREE_STATUS", "12345")],
+    );
+}
+
+#[test]
+#[ignore = "runs in a child process started by statuses_unknown_to_the_bindings_are_reported"]
+fn child_unknown_status() {
+    assert_in_child();
+    let b = CudaBackend::new().unwrap();
+    // A status no CUresult variant names (a newer driver's): an error with that code.
+    match b.free_segment(0, 0xdead_0000, 1) {
+        Err(BackendError::Driver { code, message }) => {
+            assert_eq!(code, 12345);
+            assert!(message.contains("12345"), "{message}");
+        }
+        other => panic!("expected a driver error, got {other:?}"),
+    }
+}
+
+#[test]
 fn virtual_memory_over_fake_driver() {
     run_child_with_fake_cuda("child_vmm", &[("FAKE_CUDA_CAPACITY", "16777216")]);
 }

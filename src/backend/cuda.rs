@@ -7,73 +7,197 @@
 //! current context is restored afterwards). Events come from a per-device pool and are
 //! created without timing.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, c_char, c_int, c_uint};
 use std::sync::OnceLock;
 
 use cudarc::driver::sys;
 use parking_lot::Mutex;
 
+/// A `CUresult` read as the integer the driver returns. cudarc declares the entry points as
+/// returning its `CUresult` enum, and a status the bindings do not list (a newer driver's)
+/// would then be undefined behaviour; so the backend resolves the functions itself, from
+/// the library cudarc loaded, with `int` results.
+type CuStatus = c_int;
+const CUDA_SUCCESS: CuStatus = 0;
+const CUDA_ERROR_OUT_OF_MEMORY: CuStatus = 2;
+const CUDA_ERROR_INVALID_DEVICE: CuStatus = 101;
+const CUDA_ERROR_NOT_READY: CuStatus = 600;
+const CU_EVENT_DISABLE_TIMING: c_uint = 2;
+
+type Prop = sys::CUmemAllocationProp;
+type Handle = sys::CUmemGenericAllocationHandle;
+
+/// The driver entry points the backend calls (C names, C signatures).
+#[allow(non_snake_case)]
+struct Driver {
+    cuInit: unsafe extern "C" fn(c_uint) -> CuStatus,
+    cuDeviceGetCount: unsafe extern "C" fn(*mut c_int) -> CuStatus,
+    cuDeviceGet: unsafe extern "C" fn(*mut sys::CUdevice, c_int) -> CuStatus,
+    cuDevicePrimaryCtxRetain: unsafe extern "C" fn(*mut sys::CUcontext, sys::CUdevice) -> CuStatus,
+    cuDevicePrimaryCtxRelease_v2: unsafe extern "C" fn(sys::CUdevice) -> CuStatus,
+    cuCtxGetCurrent: unsafe extern "C" fn(*mut sys::CUcontext) -> CuStatus,
+    cuCtxSetCurrent: unsafe extern "C" fn(sys::CUcontext) -> CuStatus,
+    cuCtxSynchronize: unsafe extern "C" fn() -> CuStatus,
+    cuMemAlloc_v2: unsafe extern "C" fn(*mut sys::CUdeviceptr, usize) -> CuStatus,
+    cuMemFree_v2: unsafe extern "C" fn(sys::CUdeviceptr) -> CuStatus,
+    cuMemGetInfo_v2: unsafe extern "C" fn(*mut usize, *mut usize) -> CuStatus,
+    cuEventCreate: unsafe extern "C" fn(*mut sys::CUevent, c_uint) -> CuStatus,
+    cuEventRecord: unsafe extern "C" fn(sys::CUevent, sys::CUstream) -> CuStatus,
+    cuEventQuery: unsafe extern "C" fn(sys::CUevent) -> CuStatus,
+    cuEventSynchronize: unsafe extern "C" fn(sys::CUevent) -> CuStatus,
+    cuEventDestroy_v2: unsafe extern "C" fn(sys::CUevent) -> CuStatus,
+    cuGetErrorName: unsafe extern "C" fn(CuStatus, *mut *const c_char) -> CuStatus,
+    vmm: Option<Vmm>,
+}
+
+/// Virtual-memory entry points (optional: older drivers lack them).
+#[allow(non_snake_case)]
+struct Vmm {
+    cuMemGetAllocationGranularity: unsafe extern "C" fn(*mut usize, *const Prop, c_int) -> CuStatus,
+    cuMemAddressReserve: unsafe extern "C" fn(
+        *mut sys::CUdeviceptr,
+        usize,
+        usize,
+        sys::CUdeviceptr,
+        u64,
+    ) -> CuStatus,
+    cuMemAddressFree: unsafe extern "C" fn(sys::CUdeviceptr, usize) -> CuStatus,
+    cuMemCreate: unsafe extern "C" fn(*mut Handle, usize, *const Prop, u64) -> CuStatus,
+    cuMemRelease: unsafe extern "C" fn(Handle) -> CuStatus,
+    cuMemMap: unsafe extern "C" fn(sys::CUdeviceptr, usize, usize, Handle, u64) -> CuStatus,
+    cuMemUnmap: unsafe extern "C" fn(sys::CUdeviceptr, usize) -> CuStatus,
+    cuMemSetAccess: unsafe extern "C" fn(
+        sys::CUdeviceptr,
+        usize,
+        *const sys::CUmemAccessDesc,
+        usize,
+    ) -> CuStatus,
+}
+
+/// Look `name` up in the library cudarc loaded.
+///
+/// # Safety
+/// The library must be loaded (`culib` must not panic) and `F` must be `name`'s C type.
+unsafe fn symbol<F: Copy>(name: &str) -> Option<F> {
+    // SAFETY: per the contract; cudarc keeps the library loaded for the process's life, so
+    // the copied pointer cannot dangle.
+    unsafe { sys::culib().get::<F>(name.as_bytes()) }
+        .ok()
+        .map(|s| *s)
+}
+
+impl Driver {
+    /// Resolve every entry point; `Err` names the missing ones.
+    ///
+    /// # Safety
+    /// The driver library must be loaded (see [`symbol`]).
+    unsafe fn load() -> Result<Driver, String> {
+        let mut missing = Vec::new();
+        macro_rules! req {
+            ($name:ident) => {
+                // SAFETY: the field's type is the C signature of the entry point.
+                match unsafe { symbol(stringify!($name)) } {
+                    Some(f) => Some(f),
+                    None => {
+                        missing.push(stringify!($name));
+                        None
+                    }
+                }
+            };
+        }
+        macro_rules! opt {
+            ($name:ident) => {
+                // SAFETY: the field's type is the C signature of the entry point.
+                unsafe { symbol(stringify!($name)) }
+            };
+        }
+        let vmm = (|| {
+            Some(Vmm {
+                cuMemGetAllocationGranularity: opt!(cuMemGetAllocationGranularity)?,
+                cuMemAddressReserve: opt!(cuMemAddressReserve)?,
+                cuMemAddressFree: opt!(cuMemAddressFree)?,
+                cuMemCreate: opt!(cuMemCreate)?,
+                cuMemRelease: opt!(cuMemRelease)?,
+                cuMemMap: opt!(cuMemMap)?,
+                cuMemUnmap: opt!(cuMemUnmap)?,
+                cuMemSetAccess: opt!(cuMemSetAccess)?,
+            })
+        })();
+        let d = (
+            req!(cuInit),
+            req!(cuDeviceGetCount),
+            req!(cuDeviceGet),
+            req!(cuDevicePrimaryCtxRetain),
+            req!(cuDevicePrimaryCtxRelease_v2),
+            req!(cuCtxGetCurrent),
+            req!(cuCtxSetCurrent),
+            req!(cuCtxSynchronize),
+            req!(cuMemAlloc_v2),
+            req!(cuMemFree_v2),
+            req!(cuMemGetInfo_v2),
+            req!(cuEventCreate),
+            req!(cuEventRecord),
+            req!(cuEventQuery),
+            req!(cuEventSynchronize),
+            req!(cuEventDestroy_v2),
+            req!(cuGetErrorName),
+        );
+        if !missing.is_empty() {
+            return Err(missing.join(", "));
+        }
+        let (a, b, c, dd, e, f, g, h, i, j, k, l, m, n, o, p, q) = d;
+        Ok(Driver {
+            cuInit: a.unwrap(),
+            cuDeviceGetCount: b.unwrap(),
+            cuDeviceGet: c.unwrap(),
+            cuDevicePrimaryCtxRetain: dd.unwrap(),
+            cuDevicePrimaryCtxRelease_v2: e.unwrap(),
+            cuCtxGetCurrent: f.unwrap(),
+            cuCtxSetCurrent: g.unwrap(),
+            cuCtxSynchronize: h.unwrap(),
+            cuMemAlloc_v2: i.unwrap(),
+            cuMemFree_v2: j.unwrap(),
+            cuMemGetInfo_v2: k.unwrap(),
+            cuEventCreate: l.unwrap(),
+            cuEventRecord: m.unwrap(),
+            cuEventQuery: n.unwrap(),
+            cuEventSynchronize: o.unwrap(),
+            cuEventDestroy_v2: p.unwrap(),
+            cuGetErrorName: q.unwrap(),
+            vmm,
+        })
+    }
+}
+
 use super::{Backend, EventId, MemInfo, StreamId};
 use crate::error::BackendError;
 
-/// Every driver entry point this backend (and the fake driver used by the tests) must
-/// provide; checked once at load time, so that a missing one is an error, not a panic.
-const REQUIRED: [&str; 18] = [
-    "cuInit",
-    "cuDeviceGetCount",
-    "cuDeviceGet",
-    "cuDevicePrimaryCtxRetain",
-    "cuDevicePrimaryCtxRelease_v2",
-    "cuCtxGetCurrent",
-    "cuCtxSetCurrent",
-    "cuCtxSynchronize",
-    "cuMemAlloc_v2",
-    "cuMemFree_v2",
-    "cuMemGetInfo_v2",
-    "cuEventCreate",
-    "cuEventRecord",
-    "cuEventQuery",
-    "cuEventSynchronize",
-    "cuEventDestroy_v2",
-    "cuGetErrorName",
-    "cuDriverGetVersion",
-];
+static DRIVER: OnceLock<Result<Driver, String>> = OnceLock::new();
 
-fn error_name(r: sys::CUresult) -> String {
-    let mut s: *const std::ffi::c_char = std::ptr::null();
-    // SAFETY: cuGetErrorName writes a pointer to a static string (or leaves it null) and
-    // has no other effect; the symbol was checked to exist when the backend was created.
-    let ok = unsafe { sys::cuGetErrorName(r, &mut s) } == sys::CUresult::CUDA_SUCCESS;
+/// The name the driver gives a status (`CUDA_ERROR_INVALID_VALUE`), or its number.
+fn error_name(drv: &Driver, r: CuStatus) -> String {
+    let mut s: *const c_char = std::ptr::null();
+    // SAFETY: cuGetErrorName accepts any value and either fails or stores a pointer to a
+    // static NUL-terminated string.
+    let ok = unsafe { (drv.cuGetErrorName)(r, &mut s) } == CUDA_SUCCESS;
     if ok && !s.is_null() {
         // SAFETY: the driver returned a valid NUL-terminated static string.
         unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned()
     } else {
-        format!("{r:?}")
+        format!("CUresult {r}")
     }
 }
 
-fn check(r: sys::CUresult, what: &str) -> Result<(), BackendError> {
+fn check(drv: &Driver, r: CuStatus, what: &str) -> Result<(), BackendError> {
     match r {
-        sys::CUresult::CUDA_SUCCESS => Ok(()),
-        sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => Err(BackendError::OutOfMemory),
+        CUDA_SUCCESS => Ok(()),
+        CUDA_ERROR_OUT_OF_MEMORY => Err(BackendError::OutOfMemory),
         other => Err(BackendError::Driver {
-            code: other as i32,
-            message: format!("{what}: {}", error_name(other)),
+            code: other,
+            message: format!("{what}: {}", error_name(drv, other)),
         }),
     }
 }
-
-/// Virtual-memory entry points, optional (older drivers lack them).
-const VMM: [&str; 8] = [
-    "cuMemGetAllocationGranularity",
-    "cuMemAddressReserve",
-    "cuMemAddressFree",
-    "cuMemCreate",
-    "cuMemRelease",
-    "cuMemMap",
-    "cuMemUnmap",
-    "cuMemSetAccess",
-];
 
 struct Device {
     ordinal: i32,
@@ -88,8 +212,8 @@ struct Device {
 
 /// The real device backend. See the module documentation.
 pub struct CudaBackend {
+    drv: &'static Driver,
     devices: Vec<Device>,
-    vmm: bool,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -111,6 +235,7 @@ pub fn driver_available() -> bool {
 
 /// Restores the caller's current context when dropped.
 struct CtxGuard {
+    drv: &'static Driver,
     previous: Option<sys::CUcontext>,
 }
 
@@ -119,7 +244,7 @@ impl Drop for CtxGuard {
         if let Some(prev) = self.previous {
             // SAFETY: `prev` is the context that was current on this thread when the guard
             // was made (possibly null, which unsets); restoring it has no other effect.
-            let _ = unsafe { sys::cuCtxSetCurrent(prev) };
+            let _ = unsafe { (self.drv.cuCtxSetCurrent)(prev) };
         }
     }
 }
@@ -137,36 +262,36 @@ impl CudaBackend {
                 message: "no CUDA driver library (libcuda.so) could be loaded".into(),
             });
         }
-        let (missing, vmm): (Vec<&str>, bool) = std::panic::catch_unwind(|| {
-            // SAFETY: the library is present (checked above), so `culib` loads it; looking
-            // up a symbol's address has no side effect.
-            let lib = unsafe { sys::culib() };
-            // SAFETY: the symbol is only looked up, never called through this pointer.
-            let has = |name: &&str| unsafe { lib.get::<*const ()>(name.as_bytes()) }.is_ok();
-            let missing = REQUIRED.iter().copied().filter(|n| !has(n)).collect();
-            (missing, VMM.iter().all(has))
-        })
-        .map_err(|_| BackendError::Driver {
-            code: -1,
-            message: "loading the CUDA driver library failed".into(),
-        })?;
-        if !missing.is_empty() {
-            return Err(BackendError::Driver {
+        let drv = DRIVER
+            .get_or_init(|| {
+                std::panic::catch_unwind(|| {
+                    // SAFETY: the library is present (checked above), so `culib` loads it;
+                    // `Driver::load` only looks symbols up.
+                    unsafe { Driver::load() }
+                })
+                .unwrap_or_else(|_| Err("loading the CUDA driver library failed".into()))
+            })
+            .as_ref()
+            .map_err(|m| BackendError::Driver {
                 code: -1,
-                message: format!("the CUDA driver lacks entry points: {}", missing.join(", ")),
-            });
-        }
+                message: format!("the CUDA driver lacks entry points: {m}"),
+            })?;
         // SAFETY: every entry point used below exists (checked above).
-        check(unsafe { sys::cuInit(0) }, "cuInit")?;
+        check(drv, unsafe { (drv.cuInit)(0) }, "cuInit")?;
         let mut n: std::ffi::c_int = 0;
         // SAFETY: `n` is a valid out-pointer for the duration of the call.
-        check(unsafe { sys::cuDeviceGetCount(&mut n) }, "cuDeviceGetCount")?;
+        check(
+            drv,
+            unsafe { (drv.cuDeviceGetCount)(&mut n) },
+            "cuDeviceGetCount",
+        )?;
         let mut devices = Vec::new();
         for ordinal in 0..n {
             let mut handle: sys::CUdevice = 0;
             // SAFETY: `handle` is a valid out-pointer; `ordinal` is below the device count.
             check(
-                unsafe { sys::cuDeviceGet(&mut handle, ordinal) },
+                drv,
+                unsafe { (drv.cuDeviceGet)(&mut handle, ordinal) },
                 "cuDeviceGet",
             )?;
             devices.push(Device {
@@ -177,11 +302,17 @@ impl CudaBackend {
                 events: Mutex::new(Vec::new()),
             });
         }
-        Ok(CudaBackend { devices, vmm })
+        Ok(CudaBackend { drv, devices })
+    }
+
+    fn vmm(&self) -> Result<&'static Vmm, BackendError> {
+        self.drv.vmm.as_ref().ok_or(BackendError::Unsupported(
+            "virtual memory management (the driver lacks cuMemCreate/cuMemMap)",
+        ))
     }
 
     fn vmm_device(&self, device: usize) -> Result<&Device, BackendError> {
-        if !self.vmm {
+        if self.drv.vmm.is_none() {
             return Err(BackendError::Unsupported(
                 "virtual memory management (the driver lacks cuMemCreate/cuMemMap)",
             ));
@@ -201,14 +332,17 @@ impl CudaBackend {
 
     /// Unmap and release already mapped pages (used to undo a partial map).
     fn release_pages(&self, d: &Device, pages: &[u64], gran: u64) {
+        let Ok(vmm) = self.vmm() else {
+            return;
+        };
         let mut table = d.pages.lock();
         for &p in pages {
             // SAFETY: `p` is a page this backend mapped and recorded; unmapping it and
             // releasing its handle happens once (it is removed from the table).
             unsafe {
-                let _ = sys::cuMemUnmap(p, gran as usize);
+                let _ = (vmm.cuMemUnmap)(p, gran as usize);
                 if let Some(h) = table.remove(&p) {
-                    let _ = sys::cuMemRelease(h);
+                    let _ = (vmm.cuMemRelease)(h);
                 }
             }
         }
@@ -218,7 +352,7 @@ impl CudaBackend {
         self.devices
             .get(device)
             .ok_or_else(|| BackendError::Driver {
-                code: sys::CUresult::CUDA_ERROR_INVALID_DEVICE as i32,
+                code: CUDA_ERROR_INVALID_DEVICE,
                 message: format!(
                     "device {device} does not exist ({} devices)",
                     self.devices.len()
@@ -236,7 +370,8 @@ impl CudaBackend {
                 // SAFETY: `ctx` is a valid out-pointer and `d.handle` a device from
                 // cuDeviceGet; the retain is released in Drop.
                 check(
-                    unsafe { sys::cuDevicePrimaryCtxRetain(&mut ctx, d.handle) },
+                    self.drv,
+                    unsafe { (self.drv.cuDevicePrimaryCtxRetain)(&mut ctx, d.handle) },
                     "cuDevicePrimaryCtxRetain",
                 )
                 .map(|()| ctx as usize)
@@ -245,15 +380,24 @@ impl CudaBackend {
         let mut current: sys::CUcontext = std::ptr::null_mut();
         // SAFETY: `current` is a valid out-pointer.
         check(
-            unsafe { sys::cuCtxGetCurrent(&mut current) },
+            self.drv,
+            unsafe { (self.drv.cuCtxGetCurrent)(&mut current) },
             "cuCtxGetCurrent",
         )?;
         if current == ctx {
-            return Ok(CtxGuard { previous: None });
+            return Ok(CtxGuard {
+                drv: self.drv,
+                previous: None,
+            });
         }
         // SAFETY: `ctx` is a primary context retained above and alive until Drop.
-        check(unsafe { sys::cuCtxSetCurrent(ctx) }, "cuCtxSetCurrent")?;
+        check(
+            self.drv,
+            unsafe { (self.drv.cuCtxSetCurrent)(ctx) },
+            "cuCtxSetCurrent",
+        )?;
         Ok(CtxGuard {
+            drv: self.drv,
             previous: Some(current),
         })
     }
@@ -269,7 +413,8 @@ impl Backend for CudaBackend {
         let mut p: sys::CUdeviceptr = 0;
         // SAFETY: `p` is a valid out-pointer; the device's context is current.
         check(
-            unsafe { sys::cuMemAlloc_v2(&mut p, size as usize) },
+            self.drv,
+            unsafe { (self.drv.cuMemAlloc_v2)(&mut p, size as usize) },
             "cuMemAlloc",
         )?;
         Ok(p)
@@ -279,7 +424,11 @@ impl Backend for CudaBackend {
         let _g = self.enter(device)?;
         // SAFETY: `addr` came from cuMemAlloc on this device and is freed exactly once (the
         // allocator gives each segment back once).
-        check(unsafe { sys::cuMemFree_v2(addr) }, "cuMemFree")
+        check(
+            self.drv,
+            unsafe { (self.drv.cuMemFree_v2)(addr) },
+            "cuMemFree",
+        )
     }
 
     fn mem_info(&self, device: usize) -> Result<MemInfo, BackendError> {
@@ -287,7 +436,8 @@ impl Backend for CudaBackend {
         let (mut free, mut total) = (0usize, 0usize);
         // SAFETY: both are valid out-pointers; the device's context is current.
         check(
-            unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) },
+            self.drv,
+            unsafe { (self.drv.cuMemGetInfo_v2)(&mut free, &mut total) },
             "cuMemGetInfo",
         )?;
         Ok(MemInfo {
@@ -306,12 +456,8 @@ impl Backend for CudaBackend {
                 let mut e: sys::CUevent = std::ptr::null_mut();
                 // SAFETY: `e` is a valid out-pointer; the device's context is current.
                 check(
-                    unsafe {
-                        sys::cuEventCreate(
-                            &mut e,
-                            sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as std::ffi::c_uint,
-                        )
-                    },
+                    self.drv,
+                    unsafe { (self.drv.cuEventCreate)(&mut e, CU_EVENT_DISABLE_TIMING) },
                     "cuEventCreate",
                 )?;
                 e
@@ -320,7 +466,8 @@ impl Backend for CudaBackend {
         // SAFETY: `ev` is a live event of this context; `stream` is the caller's stream
         // handle (0 is the legacy default stream), passed through unchanged.
         if let Err(e) = check(
-            unsafe { sys::cuEventRecord(ev, stream as sys::CUstream) },
+            self.drv,
+            unsafe { (self.drv.cuEventRecord)(ev, stream as sys::CUstream) },
             "cuEventRecord",
         ) {
             d.events.lock().push(ev as usize);
@@ -331,17 +478,18 @@ impl Backend for CudaBackend {
 
     fn query_event(&self, _device: usize, event: EventId) -> Result<bool, BackendError> {
         // SAFETY: `event` was created by record_event and not yet released.
-        match unsafe { sys::cuEventQuery(event as sys::CUevent) } {
-            sys::CUresult::CUDA_SUCCESS => Ok(true),
-            sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
-            other => check(other, "cuEventQuery").map(|()| false),
+        match unsafe { (self.drv.cuEventQuery)(event as sys::CUevent) } {
+            CUDA_SUCCESS => Ok(true),
+            CUDA_ERROR_NOT_READY => Ok(false),
+            other => check(self.drv, other, "cuEventQuery").map(|()| false),
         }
     }
 
     fn synchronize_event(&self, _device: usize, event: EventId) -> Result<(), BackendError> {
         // SAFETY: `event` was created by record_event and not yet released.
         check(
-            unsafe { sys::cuEventSynchronize(event as sys::CUevent) },
+            self.drv,
+            unsafe { (self.drv.cuEventSynchronize)(event as sys::CUevent) },
             "cuEventSynchronize",
         )
     }
@@ -355,7 +503,11 @@ impl Backend for CudaBackend {
     fn synchronize_device(&self, device: usize) -> Result<(), BackendError> {
         let _g = self.enter(device)?;
         // SAFETY: the device's context is current.
-        check(unsafe { sys::cuCtxSynchronize() }, "cuCtxSynchronize")
+        check(
+            self.drv,
+            unsafe { (self.drv.cuCtxSynchronize)() },
+            "cuCtxSynchronize",
+        )
     }
 
     fn vmm_granularity(&self, device: usize) -> Result<u64, BackendError> {
@@ -370,7 +522,8 @@ impl Backend for CudaBackend {
         let mut p: sys::CUdeviceptr = 0;
         // SAFETY: `p` is a valid out-pointer; no fixed address or alignment is asked for.
         check(
-            unsafe { sys::cuMemAddressReserve(&mut p, size as usize, 0, 0, 0) },
+            self.drv,
+            unsafe { (self.vmm()?.cuMemAddressReserve)(&mut p, size as usize, 0, 0, 0) },
             "cuMemAddressReserve",
         )?;
         Ok(p)
@@ -381,13 +534,15 @@ impl Backend for CudaBackend {
         let _g = self.enter(device)?;
         // SAFETY: (addr, size) is a range reserved by `reserve_range`, with no page mapped.
         check(
-            unsafe { sys::cuMemAddressFree(addr, size as usize) },
+            self.drv,
+            unsafe { (self.vmm()?.cuMemAddressFree)(addr, size as usize) },
             "cuMemAddressFree",
         )
     }
 
     fn map_pages(&self, device: usize, addr: u64, size: u64) -> Result<(), BackendError> {
         let d = self.vmm_device(device)?;
+        let vmm = self.vmm()?;
         let _g = self.enter(device)?;
         let gran = self.granularity(d)?;
         let prop = Self::prop(d);
@@ -401,19 +556,21 @@ impl Backend for CudaBackend {
             let mut h: sys::CUmemGenericAllocationHandle = 0;
             // SAFETY: `h` is a valid out-pointer; `prop` describes device memory.
             let r = check(
-                unsafe { sys::cuMemCreate(&mut h, gran as usize, &prop, 0) },
+                self.drv,
+                unsafe { (vmm.cuMemCreate)(&mut h, gran as usize, &prop, 0) },
                 "cuMemCreate",
             )
             .and_then(|()| {
                 // SAFETY: `page` is a granule of a reserved range, not mapped (the caller's
                 // contract); `h` is a fresh handle of exactly one granule.
                 check(
-                    unsafe { sys::cuMemMap(page, gran as usize, 0, h, 0) },
+                    self.drv,
+                    unsafe { (vmm.cuMemMap)(page, gran as usize, 0, h, 0) },
                     "cuMemMap",
                 )
                 .inspect_err(|_| {
                     // SAFETY: `h` was created above and is not mapped.
-                    let _ = unsafe { sys::cuMemRelease(h) };
+                    let _ = unsafe { (vmm.cuMemRelease)(h) };
                 })
             });
             match r {
@@ -430,7 +587,8 @@ impl Backend for CudaBackend {
         }
         // SAFETY: [addr, addr+size) is now mapped; `access` grants this device read-write.
         if let Err(e) = check(
-            unsafe { sys::cuMemSetAccess(addr, size as usize, &access, 1) },
+            self.drv,
+            unsafe { (vmm.cuMemSetAccess)(addr, size as usize, &access, 1) },
             "cuMemSetAccess",
         ) {
             self.release_pages(d, &done, gran);
@@ -445,7 +603,8 @@ impl Backend for CudaBackend {
         let gran = self.granularity(d)?;
         // SAFETY: the range was mapped by `map_pages` (the caller's contract).
         check(
-            unsafe { sys::cuMemUnmap(addr, size as usize) },
+            self.drv,
+            unsafe { (self.vmm()?.cuMemUnmap)(addr, size as usize) },
             "cuMemUnmap",
         )?;
         let mut table = d.pages.lock();
@@ -453,7 +612,11 @@ impl Backend for CudaBackend {
         while page < addr + size {
             if let Some(h) = table.remove(&page) {
                 // SAFETY: the handle's only mapping was just removed.
-                check(unsafe { sys::cuMemRelease(h) }, "cuMemRelease")?;
+                check(
+                    self.drv,
+                    unsafe { (self.vmm()?.cuMemRelease)(h) },
+                    "cuMemRelease",
+                )?;
             }
             page += gran;
         }
@@ -467,11 +630,13 @@ impl CudaBackend {
         let mut g: usize = 0;
         // SAFETY: `g` is a valid out-pointer and `prop` a valid property struct.
         check(
+            self.drv,
             unsafe {
-                sys::cuMemGetAllocationGranularity(
+                (self.vmm()?.cuMemGetAllocationGranularity)(
                     &mut g,
                     &prop,
-                    sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
+                    sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM
+                        as c_int,
                 )
             },
             "cuMemGetAllocationGranularity",
@@ -485,11 +650,11 @@ impl Drop for CudaBackend {
         for d in &self.devices {
             for e in d.events.lock().drain(..) {
                 // SAFETY: pooled events are live and no longer referenced elsewhere.
-                let _ = unsafe { sys::cuEventDestroy_v2(e as sys::CUevent) };
+                let _ = unsafe { (self.drv.cuEventDestroy_v2)(e as sys::CUevent) };
             }
             if let Some(Ok(_)) = d.ctx.get() {
                 // SAFETY: releases the one retain taken in `enter`.
-                let _ = unsafe { sys::cuDevicePrimaryCtxRelease_v2(d.handle) };
+                let _ = unsafe { (self.drv.cuDevicePrimaryCtxRelease_v2)(d.handle) };
             }
         }
     }
