@@ -247,3 +247,74 @@ fn expandable_segments_need_virtual_memory_from_the_backend() {
     let e = CachingAllocator::new(NoVmm(SimBackend::new(1 << 30)), cfg).unwrap_err();
     assert!(e.to_string().contains("virtual memory"), "{e}");
 }
+
+/// Fails `query_event` for events recorded on one stream; everything else is the simulator.
+struct FailingQueries {
+    sim: SimBackend,
+    bad_stream: u64,
+    streams: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
+}
+
+impl cudalloc::Backend for FailingQueries {
+    fn device_count(&self) -> usize {
+        self.sim.device_count()
+    }
+    fn alloc_segment(&self, d: usize, s: u64) -> Result<u64, BackendError> {
+        self.sim.alloc_segment(d, s)
+    }
+    fn free_segment(&self, d: usize, a: u64, s: u64) -> Result<(), BackendError> {
+        self.sim.free_segment(d, a, s)
+    }
+    fn mem_info(&self, d: usize) -> Result<cudalloc::MemInfo, BackendError> {
+        self.sim.mem_info(d)
+    }
+    fn record_event(&self, d: usize, s: u64) -> Result<u64, BackendError> {
+        let e = self.sim.record_event(d, s)?;
+        self.streams.lock().unwrap().insert(e, s);
+        Ok(e)
+    }
+    fn query_event(&self, d: usize, e: u64) -> Result<bool, BackendError> {
+        if self.streams.lock().unwrap().get(&e) == Some(&self.bad_stream) {
+            return Err(BackendError::Driver {
+                code: 999,
+                message: "injected query failure".into(),
+            });
+        }
+        self.sim.query_event(d, e)
+    }
+    fn synchronize_event(&self, d: usize, e: u64) -> Result<(), BackendError> {
+        self.sim.synchronize_event(d, e)
+    }
+    fn release_event(&self, d: usize, e: u64) {
+        self.sim.release_event(d, e)
+    }
+    fn synchronize_device(&self, d: usize) -> Result<(), BackendError> {
+        self.sim.synchronize_device(d)
+    }
+}
+
+#[test]
+fn an_event_error_while_releasing_cache_loses_no_segment() {
+    // Whatever position the failing stream has among the others, every fully free segment
+    // of the other streams still goes back to the driver and the accounting stays exact.
+    for bad in 1..=5u64 {
+        let backend = FailingQueries {
+            sim: SimBackend::new(1 << 30),
+            bad_stream: 100,
+            streams: Default::default(),
+        };
+        let alloc = CachingAllocator::new(backend, Config::default()).unwrap();
+        for s in 1..=5u64 {
+            let a = alloc.malloc(3 * MIB, s).unwrap();
+            if s == bad {
+                a.record_stream(100); // its event will fail to query
+            }
+        }
+        let r = alloc.empty_cache(None);
+        assert!(r.is_err(), "the query failure is reported");
+        alloc.check_invariants().unwrap();
+        // Four segments released, the pending one kept.
+        assert_eq!(alloc.reserved_bytes(0), 20 * MIB, "bad stream {bad}");
+        assert_eq!(alloc.backend().sim.counts().used, 20 * MIB);
+    }
+}

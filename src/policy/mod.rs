@@ -236,6 +236,26 @@ struct Block {
     live: bool,
 }
 
+impl Block {
+    /// A free block, linked to nothing yet.
+    fn fresh(addr: u64, size: u64, seg: u32, mapped: bool) -> Block {
+        Block {
+            addr,
+            size,
+            requested: 0,
+            seg,
+            prev: NIL,
+            next: NIL,
+            state: BlockState::Free,
+            pending_events: 0,
+            gc_base: 0,
+            stream_uses: Vec::new(),
+            mapped,
+            live: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Segment {
     addr: u64,
@@ -559,18 +579,9 @@ impl StreamPools {
                 (b.addr, b.size, b.seg, b.next)
             };
             let rest = self.new_block(Block {
-                addr: addr + req.rounded,
-                size: size - req.rounded,
-                requested: 0,
-                seg,
                 prev: i,
                 next,
-                state: BlockState::Free,
-                pending_events: 0,
-                gc_base: 0,
-                stream_uses: Vec::new(),
-                mapped: true,
-                live: true,
+                ..Block::fresh(addr + req.rounded, size - req.rounded, seg, true)
             });
             if next != NIL {
                 self.blocks[next as usize].prev = rest;
@@ -606,20 +617,14 @@ impl StreamPools {
         Some(self.take_block(i, req, cfg))
     }
 
-    /// Adopt a new segment from the driver and serve `req` from it.
-    pub fn add_segment_and_alloc(
-        &mut self,
-        addr: u64,
-        size: u64,
-        req: &Request,
-        cfg: &Config,
-    ) -> BlockId {
+    /// A new segment covered by one free block (mapped or not); returns the block.
+    fn new_segment(&mut self, addr: u64, size: u64, pool: PoolKind, expandable: bool) -> u32 {
         let seg = Segment {
             addr,
             size,
-            pool: req.pool,
+            pool,
             head: NIL,
-            expandable: false,
+            expandable,
             live: true,
         };
         let s = if let Some(s) = self.spare_segments.pop() {
@@ -630,21 +635,20 @@ impl StreamPools {
             (self.segments.len() - 1) as u32
         };
         self.live_segments += 1;
-        let i = self.new_block(Block {
-            addr,
-            size,
-            requested: 0,
-            seg: s,
-            prev: NIL,
-            next: NIL,
-            state: BlockState::Free,
-            pending_events: 0,
-            gc_base: 0,
-            stream_uses: Vec::new(),
-            mapped: true,
-            live: true,
-        });
+        let i = self.new_block(Block::fresh(addr, size, s, !expandable));
         self.segments[s as usize].head = i;
+        i
+    }
+
+    /// Adopt a new segment from the driver and serve `req` from it.
+    pub fn add_segment_and_alloc(
+        &mut self,
+        addr: u64,
+        size: u64,
+        req: &Request,
+        cfg: &Config,
+    ) -> BlockId {
+        let i = self.new_segment(addr, size, req.pool, false);
         self.take_block(i, req, cfg)
     }
 
@@ -923,39 +927,9 @@ impl StreamPools {
 
     /// Adopt a reserved address range as the expandable segment of `pool` (nothing mapped).
     pub fn add_expandable_segment(&mut self, addr: u64, size: u64, pool: PoolKind) {
-        let seg = Segment {
-            addr,
-            size,
-            pool,
-            head: NIL,
-            expandable: true,
-            live: true,
-        };
-        let s = if let Some(s) = self.spare_segments.pop() {
-            self.segments[s as usize] = seg;
-            s
-        } else {
-            self.segments.push(seg);
-            (self.segments.len() - 1) as u32
-        };
-        self.live_segments += 1;
-        let i = self.new_block(Block {
-            addr,
-            size,
-            requested: 0,
-            seg: s,
-            prev: NIL,
-            next: NIL,
-            state: BlockState::Free,
-            pending_events: 0,
-            gc_base: 0,
-            stream_uses: Vec::new(),
-            mapped: false,
-            live: true,
-        });
-        self.segments[s as usize].head = i;
+        let i = self.new_segment(addr, size, pool, true);
         self.unmapped[pool.idx()].insert((addr, i));
-        self.expandable[pool.idx()] = Some(s);
+        self.expandable[pool.idx()] = Some(self.blocks[i as usize].seg);
     }
 
     /// Where to map pages so that `req` fits in the expandable segment of its pool: the
@@ -1028,18 +1002,9 @@ impl StreamPools {
         if plan.len < size {
             let (seg, next) = (self.blocks[u as usize].seg, self.blocks[u as usize].next);
             let rest = self.new_block(Block {
-                addr: plan.addr + plan.len,
-                size: size - plan.len,
-                requested: 0,
-                seg,
                 prev: u,
                 next,
-                state: BlockState::Free,
-                pending_events: 0,
-                gc_base: 0,
-                stream_uses: Vec::new(),
-                mapped: false,
-                live: true,
+                ..Block::fresh(plan.addr + plan.len, size - plan.len, seg, false)
             });
             if next != NIL {
                 self.blocks[next as usize].prev = rest;
@@ -1093,20 +1058,7 @@ impl StreamPools {
         self.remove_free(b);
         let pre = plan.addr - addr;
         let post = addr + size - (plan.addr + plan.len);
-        let blank = |a: u64, sz: u64, mapped: bool| Block {
-            addr: a,
-            size: sz,
-            requested: 0,
-            seg,
-            prev: NIL,
-            next: NIL,
-            state: BlockState::Free,
-            pending_events: 0,
-            gc_base: 0,
-            stream_uses: Vec::new(),
-            mapped,
-            live: true,
-        };
+        let blank = |a: u64, sz: u64, mapped: bool| Block::fresh(a, sz, seg, mapped);
         // [addr, plan.addr) stays mapped free (in `b`), the pages become `u`, the tail `q`.
         let u = if pre > 0 {
             self.blocks[b as usize].size = pre;
