@@ -936,23 +936,45 @@ impl StreamPools {
     /// lowest unmapped range that, with the free mapped block just before it, covers the
     /// request. `None` when the segment is missing or has no such room.
     pub fn plan_map(&self, req: &Request, granularity: u64) -> Option<MapPlan> {
-        // The lowest range that fits: holes left by unmapped pages are filled before the
-        // tail grows. (Best fit among the ranges was measured too, and did worse on the
-        // shared traces.)
+        // For each unmapped range, the pages needed when the new pages join the free space
+        // just before it, just after it, or both (filling the whole range); the plan maps
+        // the fewest pages, ties going to the lowest address, so free pieces of partly used
+        // pages are put to use before new memory is.
+        let pages = |bytes: u64| bytes.max(1).div_ceil(granularity) * granularity;
+        let mut best: Option<MapPlan> = None;
         for &(addr, u) in &self.unmapped[req.pool.idx()] {
             let b = &self.blocks[u as usize];
-            let before = if b.prev != NIL && self.is_mapped_free(b.prev) {
-                self.blocks[b.prev as usize].size
-            } else {
-                0
+            let side = |i: u32| {
+                if i != NIL && self.is_mapped_free(i) {
+                    self.blocks[i as usize].size
+                } else {
+                    0
+                }
             };
-            let need = req.rounded.saturating_sub(before).max(1);
-            let len = need.div_ceil(granularity) * granularity;
-            if len <= b.size {
-                return Some(MapPlan { addr, len });
+            let (before, after) = (side(b.prev), side(b.next));
+            let r = req.rounded;
+            let mut options = Vec::with_capacity(3);
+            let front = pages(r.saturating_sub(before));
+            if front <= b.size {
+                options.push(MapPlan { addr, len: front });
+            }
+            let back = pages(r.saturating_sub(after));
+            if back <= b.size {
+                options.push(MapPlan {
+                    addr: addr + b.size - back,
+                    len: back,
+                });
+            }
+            if before + b.size + after >= r {
+                options.push(MapPlan { addr, len: b.size });
+            }
+            for o in options {
+                if best.is_none_or(|x| o.len < x.len) {
+                    best = Some(o);
+                }
             }
         }
-        None
+        best
     }
 
     /// Merge mapped free block `i` (not in the free set) with its mapped free neighbours
@@ -993,29 +1015,48 @@ impl StreamPools {
     /// served from it.
     pub fn commit_map(&mut self, plan: MapPlan, req: &Request, cfg: &Config) -> BlockId {
         let p = req.pool.idx();
-        let &(_, u) = self.unmapped[p]
-            .range((plan.addr, 0)..=(plan.addr, u32::MAX))
-            .next()
-            .expect("plan_map names an unmapped block");
-        self.unmapped[p].remove(&(plan.addr, u));
-        let size = self.blocks[u as usize].size;
-        if plan.len < size {
-            let (seg, next) = (self.blocks[u as usize].seg, self.blocks[u as usize].next);
-            let rest = self.new_block(Block {
+        let &(start, u) = self.unmapped[p]
+            .range(..=(plan.addr, u32::MAX))
+            .next_back()
+            .expect("plan_map names an unmapped range");
+        self.unmapped[p].remove(&(start, u));
+        let (size, seg) = (self.blocks[u as usize].size, self.blocks[u as usize].seg);
+        debug_assert!(plan.addr >= start && plan.addr + plan.len <= start + size);
+        // Carve [plan.addr, plan.addr + len) out of `u`; what is left on either side stays
+        // unmapped.
+        let mut m = u;
+        if plan.addr > start {
+            let next = self.blocks[u as usize].next;
+            m = self.new_block(Block {
                 prev: u,
                 next,
-                ..Block::fresh(plan.addr + plan.len, size - plan.len, seg, false)
+                ..Block::fresh(plan.addr, start + size - plan.addr, seg, false)
+            });
+            if next != NIL {
+                self.blocks[next as usize].prev = m;
+            }
+            self.blocks[u as usize].next = m;
+            self.blocks[u as usize].size = plan.addr - start;
+            self.unmapped[p].insert((start, u));
+        }
+        let msize = self.blocks[m as usize].size;
+        if plan.len < msize {
+            let next = self.blocks[m as usize].next;
+            let rest = self.new_block(Block {
+                prev: m,
+                next,
+                ..Block::fresh(plan.addr + plan.len, msize - plan.len, seg, false)
             });
             if next != NIL {
                 self.blocks[next as usize].prev = rest;
             }
-            self.blocks[u as usize].next = rest;
-            self.blocks[u as usize].size = plan.len;
+            self.blocks[m as usize].next = rest;
+            self.blocks[m as usize].size = plan.len;
             self.unmapped[p].insert((plan.addr + plan.len, rest));
         }
-        self.blocks[u as usize].mapped = true;
+        self.blocks[m as usize].mapped = true;
         self.mapped_bytes += plan.len;
-        let i = self.merge_mapped_free(u);
+        let i = self.merge_mapped_free(m);
         self.take_block(i, req, cfg)
     }
 

@@ -285,6 +285,44 @@ mod expandable {
     }
 
     #[test]
+    fn new_pages_join_the_free_pieces_around_a_hole() {
+        let (mut p, c) = pools();
+        // Three 3 MiB blocks: pages 0..=4 mapped, x at 0, y at 3 MiB, z at 6 MiB.
+        let r = Request::new(3 * MIB, &c);
+        let x = p.commit_map(p.plan_map(&r, G).unwrap(), &r, &c);
+        let y = p.commit_map(p.plan_map(&r, G).unwrap(), &r, &c);
+        let z = p.commit_map(p.plan_map(&r, G).unwrap(), &r, &c);
+        assert_eq!(p.block_addr(z), 0x10_0000_0000 + 6 * MIB);
+        p.free(y, &c);
+        // y's whole page [4, 6) MiB is unmapped; [3, 4) MiB stays mapped free.
+        for plan in p.plan_unmap(G) {
+            p.commit_unmap(plan);
+        }
+        p.check_invariants(&c).unwrap();
+        // 3 MiB fits the hole with the free MiB before it: one page, not two.
+        let plan = p.plan_map(&r, G).unwrap();
+        assert_eq!(plan.len, G);
+        let w = p.commit_map(plan, &r, &c);
+        assert_eq!(p.block_addr(w), 0x10_0000_0000 + 3 * MIB);
+        p.check_invariants(&c).unwrap();
+        // Free x: page [0, 2) MiB unmaps, [2, 3) MiB stays mapped free *after* the hole.
+        p.free(x, &c);
+        for plan in p.plan_unmap(G) {
+            p.commit_unmap(plan);
+        }
+        let plan = p.plan_map(&r, G).unwrap();
+        assert_eq!((plan.addr, plan.len), (0x10_0000_0000, G));
+        let v = p.commit_map(plan, &r, &c);
+        assert_eq!(
+            p.block_addr(v),
+            0x10_0000_0000,
+            "joined with the piece after"
+        );
+        p.check_invariants(&c).unwrap();
+        assert_eq!(p.block_state(z), Some(BlockState::Allocated));
+    }
+
+    #[test]
     fn max_split_size_does_not_apply_inside_expandable_segments() {
         let (mut p, mut c) = pools();
         c.max_split_size = 40 * MIB;
