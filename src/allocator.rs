@@ -857,20 +857,20 @@ impl<B: Backend> CachingAllocator<B> {
                 }
             }
         }
-        let res = match failed {
+        if let Some(e) = failed {
             // Could not mark the other stream's progress: wait for the whole device
-            // instead, so the block is safe to reuse.
-            Some(e) => match self.backend.synchronize_device(dev.index) {
-                Ok(()) => Ok(()),
-                Err(_) => Err(Error::Backend(e)),
-            },
-            None => Ok(()),
-        };
+            // instead, so the block is safe to reuse. If even that fails, nothing says the
+            // other stream is done with it: the block is never reused (kept pending).
+            if self.backend.synchronize_device(dev.index).is_err() {
+                g.quarantine(block);
+                return Err(Error::Backend(e));
+            }
+        }
         if g.finish_free(block) {
             dev.history
                 .record(Action::FreeCompleted, addr, size, shard.stream);
         }
-        res
+        Ok(())
     }
 
     /// Start (or stop) recording the event history of every device, keeping at most

@@ -318,3 +318,65 @@ fn an_event_error_while_releasing_cache_loses_no_segment() {
         assert_eq!(alloc.backend().sim.counts().used, 20 * MIB);
     }
 }
+
+/// Fails `record_event` and `synchronize_device`: a context that has gone bad.
+struct NoEvents(SimBackend);
+
+impl cudalloc::Backend for NoEvents {
+    fn device_count(&self) -> usize {
+        self.0.device_count()
+    }
+    fn alloc_segment(&self, d: usize, s: u64) -> Result<u64, BackendError> {
+        self.0.alloc_segment(d, s)
+    }
+    fn free_segment(&self, d: usize, a: u64, s: u64) -> Result<(), BackendError> {
+        self.0.free_segment(d, a, s)
+    }
+    fn mem_info(&self, d: usize) -> Result<cudalloc::MemInfo, BackendError> {
+        self.0.mem_info(d)
+    }
+    fn record_event(&self, _: usize, _: u64) -> Result<u64, BackendError> {
+        Err(BackendError::Driver {
+            code: 999,
+            message: "injected record failure".into(),
+        })
+    }
+    fn query_event(&self, d: usize, e: u64) -> Result<bool, BackendError> {
+        self.0.query_event(d, e)
+    }
+    fn synchronize_event(&self, d: usize, e: u64) -> Result<(), BackendError> {
+        self.0.synchronize_event(d, e)
+    }
+    fn release_event(&self, d: usize, e: u64) {
+        self.0.release_event(d, e)
+    }
+    fn synchronize_device(&self, _: usize) -> Result<(), BackendError> {
+        Err(BackendError::Driver {
+            code: 999,
+            message: "injected sync failure".into(),
+        })
+    }
+}
+
+#[test]
+fn a_block_whose_other_stream_cannot_be_tracked_is_never_reused() {
+    let alloc =
+        CachingAllocator::new(NoEvents(SimBackend::new(1 << 30)), Config::default()).unwrap();
+    let a = alloc.malloc(MIB, 1).unwrap();
+    let addr = a.ptr();
+    a.record_stream(2);
+    assert!(a.free().is_err(), "the failure is reported");
+    alloc.check_invariants().unwrap();
+    for _ in 0..4 {
+        let b = alloc.malloc(MIB, 1).unwrap();
+        assert_ne!(b.ptr(), addr, "reused although stream 2 may still use it");
+        std::mem::forget(b); // keep them live: each takes the next free block
+    }
+    let st = alloc.memory_stats(0).unwrap();
+    assert_eq!(st.blocks.allocation[0].current, 4);
+    assert_eq!(
+        st.blocks.active[0].current, 5,
+        "the quarantined block stays active"
+    );
+    alloc.check_invariants().unwrap();
+}

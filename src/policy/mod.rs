@@ -229,6 +229,9 @@ struct Block {
     gc_base: u64,
     /// Other streams that used this block (`record_stream`); capacity kept across reuse.
     stream_uses: Vec<StreamId>,
+    /// Freed while work on another stream might still use it, with no way to know when that
+    /// ends (recording and device synchronization both failed): never reused.
+    quarantined: bool,
     /// Backed by device memory. Always true in fixed segments; in an expandable segment,
     /// unmapped blocks are free address space with no memory behind it (never handed out,
     /// not in the free sets).
@@ -250,6 +253,7 @@ impl Block {
             pending_events: 0,
             gc_base: 0,
             stream_uses: Vec::new(),
+            quarantined: false,
             mapped,
             live: true,
         }
@@ -713,6 +717,14 @@ impl StreamPools {
             return true;
         }
         false
+    }
+
+    /// Keep pending block `id` out of use for good (see the allocator's free path): its
+    /// other streams' work cannot be tracked.
+    pub fn quarantine(&mut self, id: BlockId) {
+        let b = &mut self.blocks[id.0 as usize];
+        b.quarantined = true;
+        b.stream_uses.clear();
     }
 
     /// The oldest outstanding event, if any.
@@ -1309,7 +1321,7 @@ impl StreamPools {
                             }
                         } else {
                             pending_seen += u64::from(b.pending_events);
-                            if b.pending_events == 0 {
+                            if b.pending_events == 0 && !b.quarantined {
                                 return Err(format!("pending block {i} has no event"));
                             }
                         }
