@@ -775,39 +775,7 @@ impl StreamPools {
             stats::decrease(&mut st.active_bytes, pool, size);
             stats::decrease(&mut st.requested_bytes, pool, req);
         }
-        let mut cur = i;
-        // Merge with the previous block if free: the previous one survives.
-        let prev = self.blocks[cur as usize].prev;
-        if prev != NIL && self.is_mapped_free(prev) {
-            self.inactive_split_account(prev, false);
-            self.remove_free(prev);
-            let (size, next) = {
-                let b = &self.blocks[cur as usize];
-                (b.size, b.next)
-            };
-            self.blocks[prev as usize].size += size;
-            self.blocks[prev as usize].next = next;
-            if next != NIL {
-                self.blocks[next as usize].prev = prev;
-            }
-            self.drop_block(cur);
-            cur = prev;
-        }
-        let next = self.blocks[cur as usize].next;
-        if next != NIL && self.is_mapped_free(next) {
-            self.inactive_split_account(next, false);
-            self.remove_free(next);
-            let (size, nn) = {
-                let b = &self.blocks[next as usize];
-                (b.size, b.next)
-            };
-            self.blocks[cur as usize].size += size;
-            self.blocks[cur as usize].next = nn;
-            if nn != NIL {
-                self.blocks[nn as usize].prev = cur;
-            }
-            self.drop_block(next);
-        }
+        let cur = self.merge_mapped_free(i);
         self.blocks[cur as usize].state = BlockState::Free;
         self.insert_free(cur);
         self.inactive_split_account(cur, true);
@@ -996,31 +964,29 @@ impl StreamPools {
         if prev != NIL && self.is_mapped_free(prev) {
             self.inactive_split_account(prev, false);
             self.remove_free(prev);
-            let (size, next) = (self.blocks[i as usize].size, self.blocks[i as usize].next);
-            self.blocks[prev as usize].size += size;
-            self.blocks[prev as usize].next = next;
-            if next != NIL {
-                self.blocks[next as usize].prev = prev;
-            }
-            self.drop_block(i);
+            self.absorb_next(prev);
             i = prev;
         }
         let next = self.blocks[i as usize].next;
         if next != NIL && self.is_mapped_free(next) {
             self.inactive_split_account(next, false);
             self.remove_free(next);
-            let (size, nn) = (
-                self.blocks[next as usize].size,
-                self.blocks[next as usize].next,
-            );
-            self.blocks[i as usize].size += size;
-            self.blocks[i as usize].next = nn;
-            if nn != NIL {
-                self.blocks[nn as usize].prev = i;
-            }
-            self.drop_block(next);
+            self.absorb_next(i);
         }
         i
+    }
+
+    /// Block `a` takes over the block after it (which must exist): sizes add up, the links
+    /// skip it, and it is dropped. Free-set and stats bookkeeping are the caller's.
+    fn absorb_next(&mut self, a: u32) {
+        let b = self.blocks[a as usize].next;
+        let (size, after) = (self.blocks[b as usize].size, self.blocks[b as usize].next);
+        self.blocks[a as usize].size += size;
+        self.blocks[a as usize].next = after;
+        if after != NIL {
+            self.blocks[after as usize].prev = a;
+        }
+        self.drop_block(b);
     }
 
     /// The pages of `plan` were mapped: they join the free space before them, and `req` is
