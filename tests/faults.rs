@@ -210,87 +210,12 @@ fn oom_ladder_waits_for_outstanding_events() {
 
 #[test]
 fn expandable_segments_need_virtual_memory_from_the_backend() {
-    struct NoVmm(SimBackend);
-    impl cudalloc::Backend for NoVmm {
-        fn device_count(&self) -> usize {
-            self.0.device_count()
-        }
-        fn alloc_segment(&self, d: usize, s: u64) -> Result<u64, BackendError> {
-            self.0.alloc_segment(d, s)
-        }
-        fn free_segment(&self, d: usize, a: u64, s: u64) -> Result<(), BackendError> {
-            self.0.free_segment(d, a, s)
-        }
-        fn mem_info(&self, d: usize) -> Result<cudalloc::MemInfo, BackendError> {
-            self.0.mem_info(d)
-        }
-        fn record_event(&self, d: usize, s: u64) -> Result<u64, BackendError> {
-            self.0.record_event(d, s)
-        }
-        fn query_event(&self, d: usize, e: u64) -> Result<bool, BackendError> {
-            self.0.query_event(d, e)
-        }
-        fn synchronize_event(&self, d: usize, e: u64) -> Result<(), BackendError> {
-            self.0.synchronize_event(d, e)
-        }
-        fn release_event(&self, d: usize, e: u64) {
-            self.0.release_event(d, e)
-        }
-        fn synchronize_device(&self, d: usize) -> Result<(), BackendError> {
-            self.0.synchronize_device(d)
-        }
-    }
     let cfg = Config {
         expandable_segments: true,
         ..Config::default()
     };
-    let e = CachingAllocator::new(NoVmm(SimBackend::new(1 << 30)), cfg).unwrap_err();
+    let e = CachingAllocator::new(Faulty::new(), cfg).unwrap_err();
     assert!(e.to_string().contains("virtual memory"), "{e}");
-}
-
-/// Fails `query_event` for events recorded on one stream; everything else is the simulator.
-struct FailingQueries {
-    sim: SimBackend,
-    bad_stream: u64,
-    streams: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
-}
-
-impl cudalloc::Backend for FailingQueries {
-    fn device_count(&self) -> usize {
-        self.sim.device_count()
-    }
-    fn alloc_segment(&self, d: usize, s: u64) -> Result<u64, BackendError> {
-        self.sim.alloc_segment(d, s)
-    }
-    fn free_segment(&self, d: usize, a: u64, s: u64) -> Result<(), BackendError> {
-        self.sim.free_segment(d, a, s)
-    }
-    fn mem_info(&self, d: usize) -> Result<cudalloc::MemInfo, BackendError> {
-        self.sim.mem_info(d)
-    }
-    fn record_event(&self, d: usize, s: u64) -> Result<u64, BackendError> {
-        let e = self.sim.record_event(d, s)?;
-        self.streams.lock().unwrap().insert(e, s);
-        Ok(e)
-    }
-    fn query_event(&self, d: usize, e: u64) -> Result<bool, BackendError> {
-        if self.streams.lock().unwrap().get(&e) == Some(&self.bad_stream) {
-            return Err(BackendError::Driver {
-                code: 999,
-                message: "injected query failure".into(),
-            });
-        }
-        self.sim.query_event(d, e)
-    }
-    fn synchronize_event(&self, d: usize, e: u64) -> Result<(), BackendError> {
-        self.sim.synchronize_event(d, e)
-    }
-    fn release_event(&self, d: usize, e: u64) {
-        self.sim.release_event(d, e)
-    }
-    fn synchronize_device(&self, d: usize) -> Result<(), BackendError> {
-        self.sim.synchronize_device(d)
-    }
 }
 
 #[test]
@@ -298,10 +223,9 @@ fn an_event_error_while_releasing_cache_loses_no_segment() {
     // Whatever position the failing stream has among the others, every fully free segment
     // of the other streams still goes back to the driver and the accounting stays exact.
     for bad in 1..=5u64 {
-        let backend = FailingQueries {
-            sim: SimBackend::new(1 << 30),
-            bad_stream: 100,
-            streams: Default::default(),
+        let backend = Faulty {
+            fail_queries_on: Some(100),
+            ..Faulty::new()
         };
         let alloc = CachingAllocator::new(backend, Config::default()).unwrap();
         for s in 1..=5u64 {
@@ -319,49 +243,14 @@ fn an_event_error_while_releasing_cache_loses_no_segment() {
     }
 }
 
-/// Fails `record_event` and `synchronize_device`: a context that has gone bad.
-struct NoEvents(SimBackend);
-
-impl cudalloc::Backend for NoEvents {
-    fn device_count(&self) -> usize {
-        self.0.device_count()
-    }
-    fn alloc_segment(&self, d: usize, s: u64) -> Result<u64, BackendError> {
-        self.0.alloc_segment(d, s)
-    }
-    fn free_segment(&self, d: usize, a: u64, s: u64) -> Result<(), BackendError> {
-        self.0.free_segment(d, a, s)
-    }
-    fn mem_info(&self, d: usize) -> Result<cudalloc::MemInfo, BackendError> {
-        self.0.mem_info(d)
-    }
-    fn record_event(&self, _: usize, _: u64) -> Result<u64, BackendError> {
-        Err(BackendError::Driver {
-            code: 999,
-            message: "injected record failure".into(),
-        })
-    }
-    fn query_event(&self, d: usize, e: u64) -> Result<bool, BackendError> {
-        self.0.query_event(d, e)
-    }
-    fn synchronize_event(&self, d: usize, e: u64) -> Result<(), BackendError> {
-        self.0.synchronize_event(d, e)
-    }
-    fn release_event(&self, d: usize, e: u64) {
-        self.0.release_event(d, e)
-    }
-    fn synchronize_device(&self, _: usize) -> Result<(), BackendError> {
-        Err(BackendError::Driver {
-            code: 999,
-            message: "injected sync failure".into(),
-        })
-    }
-}
-
 #[test]
 fn a_block_whose_other_stream_cannot_be_tracked_is_never_reused() {
-    let alloc =
-        CachingAllocator::new(NoEvents(SimBackend::new(1 << 30)), Config::default()).unwrap();
+    // A context that has gone bad: events cannot be recorded, the device not synchronized.
+    let backend = Faulty {
+        fail_record_and_sync: true,
+        ..Faulty::new()
+    };
+    let alloc = CachingAllocator::new(backend, Config::default()).unwrap();
     let a = alloc.malloc(MIB, 1).unwrap();
     let addr = a.ptr();
     a.record_stream(2);
@@ -379,4 +268,75 @@ fn a_block_whose_other_stream_cannot_be_tracked_is_never_reused() {
         "the quarantined block stays active"
     );
     alloc.check_invariants().unwrap();
+}
+
+/// The simulator behind a backend that fails on demand, with no virtual-memory support.
+struct Faulty {
+    sim: SimBackend,
+    /// Events recorded on this stream fail `query_event`.
+    fail_queries_on: Option<u64>,
+    /// `record_event` and `synchronize_device` fail.
+    fail_record_and_sync: bool,
+    event_streams: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
+}
+
+impl Faulty {
+    fn new() -> Faulty {
+        Faulty {
+            sim: SimBackend::new(1 << 30),
+            fail_queries_on: None,
+            fail_record_and_sync: false,
+            event_streams: Default::default(),
+        }
+    }
+}
+
+fn injected(what: &str) -> BackendError {
+    BackendError::Driver {
+        code: 999,
+        message: format!("injected {what} failure"),
+    }
+}
+
+// The virtual-memory methods keep the trait's defaults: unsupported.
+impl cudalloc::Backend for Faulty {
+    fn device_count(&self) -> usize {
+        self.sim.device_count()
+    }
+    fn alloc_segment(&self, d: usize, s: u64) -> Result<u64, BackendError> {
+        self.sim.alloc_segment(d, s)
+    }
+    fn free_segment(&self, d: usize, a: u64, s: u64) -> Result<(), BackendError> {
+        self.sim.free_segment(d, a, s)
+    }
+    fn mem_info(&self, d: usize) -> Result<cudalloc::MemInfo, BackendError> {
+        self.sim.mem_info(d)
+    }
+    fn record_event(&self, d: usize, s: u64) -> Result<u64, BackendError> {
+        if self.fail_record_and_sync {
+            return Err(injected("record"));
+        }
+        let e = self.sim.record_event(d, s)?;
+        self.event_streams.lock().unwrap().insert(e, s);
+        Ok(e)
+    }
+    fn query_event(&self, d: usize, e: u64) -> Result<bool, BackendError> {
+        let s = self.event_streams.lock().unwrap().get(&e).copied();
+        if s.is_some() && s == self.fail_queries_on {
+            return Err(injected("query"));
+        }
+        self.sim.query_event(d, e)
+    }
+    fn synchronize_event(&self, d: usize, e: u64) -> Result<(), BackendError> {
+        self.sim.synchronize_event(d, e)
+    }
+    fn release_event(&self, d: usize, e: u64) {
+        self.sim.release_event(d, e)
+    }
+    fn synchronize_device(&self, d: usize) -> Result<(), BackendError> {
+        if self.fail_record_and_sync {
+            return Err(injected("sync"));
+        }
+        self.sim.synchronize_device(d)
+    }
 }

@@ -125,6 +125,12 @@ fn device_index(a: &Alloc, device: c_int) -> Result<usize, c_int> {
     Ok(device as usize)
 }
 
+/// The allocator and `device` as an index, or the status of why not.
+fn allocator_on(device: c_int) -> Result<(&'static Alloc, usize), c_int> {
+    let a = allocator()?;
+    Ok((a, device_index(a, device)?))
+}
+
 fn malloc_impl(size: i64, device: c_int, stream: u64) -> *mut c_void {
     if size == 0 {
         return std::ptr::null_mut();
@@ -224,12 +230,8 @@ pub extern "C" fn cudalloc_record_stream(
 /// Run `f` on the allocator and one valid device.
 fn with_device(device: c_int, f: impl FnOnce(&Alloc, usize) -> Result<(), Error>) -> c_int {
     boundary(S::CUDALLOC_ERROR_INTERNAL as c_int, || {
-        let a = match allocator() {
-            Ok(a) => a,
-            Err(s) => return s,
-        };
-        let d = match device_index(a, device) {
-            Ok(d) => d,
+        let (a, d) = match allocator_on(device) {
+            Ok(x) => x,
             Err(s) => return s,
         };
         match f(a, d) {
@@ -323,12 +325,8 @@ pub unsafe extern "C" fn cudalloc_get_stats(
                 format!("out_size {out_size} is smaller than the {STATS_HEADER}-byte header"),
             );
         }
-        let a = match allocator() {
-            Ok(a) => a,
-            Err(s) => return s,
-        };
-        let d = match device_index(a, device) {
-            Ok(d) => d,
+        let (a, d) = match allocator_on(device) {
+            Ok(x) => x,
             Err(s) => return s,
         };
         let m = match a.memory_stats(d) {
@@ -375,11 +373,7 @@ pub unsafe extern "C" fn cudalloc_memory_summary(
     len: usize,
 ) -> usize {
     boundary(0, || {
-        let a = match allocator() {
-            Ok(a) => a,
-            Err(_) => return 0,
-        };
-        let Ok(d) = device_index(a, device) else {
+        let Ok((a, d)) = allocator_on(device) else {
             return 0;
         };
         let text = match a.memory_summary(d) {
