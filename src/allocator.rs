@@ -595,7 +595,7 @@ impl<B: Backend> CachingAllocator<B> {
             };
             let size = want.max(req.rounded).div_ceil(gran).max(1) * gran;
             let addr = self.backend.reserve_range(dev.index, size)?;
-            g.add_expandable_segment(addr, size, req.pool);
+            g.add_expandable_segment(addr, size, req.pool, gran);
             stats::increase(&mut dev.seg_stats.lock().segment, req.pool, 1);
         }
         // No free block of this stream serves the request: give back the whole free pages

@@ -127,6 +127,45 @@ impl SmallBins {
         Some(c as u64 * MIN_BLOCK_SIZE)
     }
 
+    /// Free block ids of at least `size` bytes, smallest size first (the most recently
+    /// freed first within a size).
+    pub(super) fn at_least(&self, size: u64) -> impl Iterator<Item = u32> + '_ {
+        let mut c = class(size);
+        let mut i = NIL;
+        std::iter::from_fn(move || {
+            while i == NIL {
+                c = self.next_class(c)?;
+                i = self.heads[c];
+                c += 1;
+            }
+            let cur = i;
+            i = self.links[i as usize].1;
+            Some(cur)
+        })
+    }
+
+    /// The first non-empty class at or above `c`.
+    fn next_class(&self, c: usize) -> Option<usize> {
+        if c >= CLASSES {
+            return None;
+        }
+        let w = c / 64;
+        let bits = self.words[w] & (!0u64 << (c % 64));
+        if bits != 0 {
+            return Some(w * 64 + bits.trailing_zeros() as usize);
+        }
+        let higher = if w + 1 >= 128 {
+            0
+        } else {
+            self.summary & (!0u128 << (w + 1))
+        };
+        if higher == 0 {
+            return None;
+        }
+        let w = higher.trailing_zeros() as usize;
+        Some(w * 64 + self.words[w].trailing_zeros() as usize)
+    }
+
     /// Every free block id, smallest size first.
     pub(super) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         (0..CLASSES)
@@ -196,5 +235,20 @@ mod tests {
         b.remove(1, 1024);
         assert_eq!(b.len(), 0);
         assert_eq!(b.largest(), None);
+    }
+
+    #[test]
+    fn at_least_walks_sizes_upward_skipping_empty_lists() {
+        let mut b = SmallBins::new();
+        assert_eq!(b.at_least(512).next(), None);
+        b.insert(1, 1024);
+        b.insert(2, 300 * 512);
+        b.insert(3, 300 * 512);
+        b.insert(4, 8 << 20);
+        assert_eq!(b.at_least(512).collect::<Vec<_>>(), vec![1, 3, 2, 4]);
+        assert_eq!(b.at_least(1536).collect::<Vec<_>>(), vec![3, 2, 4]);
+        assert_eq!(b.at_least(4 << 20).collect::<Vec<_>>(), vec![4]);
+        b.remove(4, 8 << 20);
+        assert_eq!(b.at_least(301 * 512).next(), None);
     }
 }

@@ -24,6 +24,10 @@ use crate::stats::{self, BlockStats};
 pub const MIN_BLOCK_SIZE: u64 = 512;
 /// Requests up to this size are served from the small pool.
 pub const SMALL_SIZE: u64 = 1 << 20;
+
+/// How many free blocks, smallest first, the page-aware placement of expandable segments
+/// looks at before it settles for the best seen.
+pub const PLACEMENT_CANDIDATES: usize = 64;
 /// Segment size of the small pool.
 pub const SMALL_BUFFER: u64 = 2 << 20;
 /// Segment size of the large pool for requests below [`MIN_LARGE_ALLOC`].
@@ -75,6 +79,11 @@ impl FreeSet {
         self.0.iter().filter(|k| k.2 != NIL)
     }
 
+    /// Entries of at least `size` bytes, smallest first.
+    fn at_least(&self, size: u64) -> impl Iterator<Item = &(u64, u64, u32)> {
+        self.0.range((size, 0, 0)..).filter(|k| k.2 != NIL)
+    }
+
     fn last(&self) -> Option<&(u64, u64, u32)> {
         self.0.iter().rev().nth(1)
     }
@@ -110,6 +119,14 @@ impl PoolKind {
     #[inline]
     fn idx(self) -> usize {
         self.stat_index() - 1
+    }
+
+    /// The other pool.
+    fn other(self) -> PoolKind {
+        match self {
+            PoolKind::Small => PoolKind::Large,
+            PoolKind::Large => PoolKind::Small,
+        }
     }
 
     /// Name as PyTorch's snapshots spell it.
@@ -355,6 +372,8 @@ pub struct StreamPools {
     unmapped: [BTreeSet<(u64, u32)>; 2],
     /// Bytes mapped in expandable segments.
     mapped_bytes: u64,
+    /// Page size of the expandable segments (0 until one is added).
+    granularity: u64,
     /// Events recorded on other streams for freed blocks, oldest first.
     pending: VecDeque<(EventId, u32)>,
     /// Per pool, how many lookups have been made (GC age clock).
@@ -377,6 +396,7 @@ impl StreamPools {
             expandable: [None, None],
             unmapped: [BTreeSet::new(), BTreeSet::new()],
             mapped_bytes: 0,
+            granularity: 0,
             pending: VecDeque::new(),
             lookups: [0; 2],
             live_segments: 0,
@@ -533,9 +553,99 @@ impl StreamPools {
         }
     }
 
-    /// Best fit for `req` among cached free blocks, under the `max_split_size` rules.
-    fn find_free(&mut self, req: &Request, cfg: &Config) -> Option<u32> {
+    /// The free block to serve `req` from, and whether to place it at the block's end: in
+    /// an expandable segment the page-aware placement ([`Self::find_free_paged`]), else best
+    /// fit under the `max_split_size` rules.
+    fn find_free(&mut self, req: &Request, cfg: &Config) -> Option<(u32, bool)> {
         self.lookups[req.pool.idx()] += 1;
+        if self.expandable.iter().any(Option::is_some)
+            && let Some(x) = self.find_free_paged(req)
+        {
+            return Some(x);
+        }
+        self.find_free_fixed(req, cfg).map(|i| (i, false))
+    }
+
+    /// How many pages of `[a, a + r)` no other block touches, for a placement inside the
+    /// free mapped block `[s, e)` of an expandable segment. A free mapped block that starts
+    /// or ends inside a page shares that page with the allocated block next to it (unmapped
+    /// ranges are whole pages), so a placement reaching into it costs no page.
+    fn new_pages(&self, s: u64, e: u64, a: u64, r: u64) -> u64 {
+        let g = self.granularity;
+        let (first, last) = (a / g, (a + r - 1) / g);
+        let shared_first = !s.is_multiple_of(g) && first == s / g;
+        let shared_last = !e.is_multiple_of(g) && last == (e - 1) / g;
+        let mut n = last - first + 1;
+        if shared_first {
+            n -= 1;
+        }
+        if shared_last && !(shared_first && first == last) {
+            n -= 1;
+        }
+        n
+    }
+
+    /// Page-aware placement in the expandable segments. Fixed segments waste what their
+    /// blocks leave free; an expandable segment's fully free pages go back to the driver, so
+    /// what it wastes is the free bytes of pages that live blocks still touch. The request
+    /// therefore goes where it touches the fewest pages no other block uses, at the start or
+    /// the end of a free block (ties: the smaller block, then the lower address; the scan
+    /// stops at the first placement that costs no page, or after
+    /// [`PLACEMENT_CANDIDATES`] blocks). When the request's own pool can only place it on
+    /// an untouched page, a placement that costs none in the other pool's expandable
+    /// segment is taken instead: both pools map the same pages, and the block then counts
+    /// in the pool of the segment that holds it.
+    fn find_free_paged(&self, req: &Request) -> Option<(u32, bool)> {
+        let own = self.find_free_paged_in(req, req.pool);
+        if own.is_none_or(|(n, _, _)| n > 0)
+            && let Some((0, i, at_end)) = self.find_free_paged_in(req, req.pool.other())
+        {
+            return Some((i, at_end));
+        }
+        own.map(|(_, i, at_end)| (i, at_end))
+    }
+
+    /// [`Self::find_free_paged`] within the expandable segment of `pool`: (new pages, block,
+    /// at its end).
+    fn find_free_paged_in(&self, req: &Request, pool: PoolKind) -> Option<(u64, u32, bool)> {
+        let r = req.rounded;
+        let seg = self.expandable[pool.idx()]?;
+        let mut best: Option<((u64, u64, u64), u32, bool)> = None;
+        let mut consider = |i: u32| -> bool {
+            let b = &self.blocks[i as usize];
+            if b.seg != seg || b.size < r {
+                return false;
+            }
+            let (s, e) = (b.addr, b.addr + b.size);
+            for (at_end, a) in [(false, s), (true, e - r)] {
+                let key = (self.new_pages(s, e, a, r), b.size, a);
+                if best.is_none_or(|(k, _, _)| key < k) {
+                    best = Some((key, i, at_end));
+                }
+            }
+            best.is_some_and(|(k, _, _)| k.0 == 0)
+        };
+        let limit = PLACEMENT_CANDIDATES;
+        match pool {
+            PoolKind::Small => {
+                for i in self.small.at_least(r).take(limit) {
+                    if consider(i) {
+                        break;
+                    }
+                }
+            }
+            PoolKind::Large => {
+                for &(_, _, i) in self.large.at_least(r).take(limit) {
+                    if consider(i) {
+                        break;
+                    }
+                }
+            }
+        }
+        best.map(|(k, i, at_end)| (k.0, i, at_end))
+    }
+
+    fn find_free_fixed(&self, req: &Request, cfg: &Config) -> Option<u32> {
         let (size, id) = match req.pool {
             // Small blocks are never oversize: max_split_size is above the small pool.
             PoolKind::Small => return self.small.first_at_least(req.rounded),
@@ -576,7 +686,35 @@ impl StreamPools {
     /// Hand out free block `i` (already out of the free set) for `req`, splitting off the
     /// remainder when worth it.
     fn take_block(&mut self, i: u32, req: &Request, cfg: &Config) -> BlockId {
+        self.take_block_at(i, req, cfg, false)
+    }
+
+    /// [`Self::take_block`], the request placed at the start of the free block or, with
+    /// `at_end`, at its end (the remainder then stays before it).
+    fn take_block_at(&mut self, i: u32, req: &Request, cfg: &Config, at_end: bool) -> BlockId {
         self.inactive_split_account(i, false);
+        if at_end && self.should_split(i, req.rounded, cfg) {
+            // `i` keeps the front as the free remainder; a new block takes the end.
+            let (addr, size, seg, next) = {
+                let b = &self.blocks[i as usize];
+                (b.addr, b.size, b.seg, b.next)
+            };
+            let rest = size - req.rounded;
+            let t = self.new_block(Block {
+                prev: i,
+                next,
+                ..Block::fresh(addr + rest, req.rounded, seg, true)
+            });
+            if next != NIL {
+                self.blocks[next as usize].prev = t;
+            }
+            let b = &mut self.blocks[i as usize];
+            b.next = t;
+            b.size = rest;
+            self.insert_free(i);
+            self.inactive_split_account(i, true);
+            return self.hand_out(t, req, cfg);
+        }
         if self.should_split(i, req.rounded, cfg) {
             let (addr, size, seg, next) = {
                 let b = &self.blocks[i as usize];
@@ -596,7 +734,12 @@ impl StreamPools {
             self.insert_free(rest);
             self.inactive_split_account(rest, true);
         }
-        let pool = req.pool;
+        self.hand_out(i, req, cfg)
+    }
+
+    /// Mark block `i` (out of the free set, already at its final size) allocated for `req`.
+    fn hand_out(&mut self, i: u32, req: &Request, cfg: &Config) -> BlockId {
+        let pool = self.segments[self.blocks[i as usize].seg as usize].pool;
         let b = &mut self.blocks[i as usize];
         b.state = BlockState::Allocated;
         b.requested = req.requested;
@@ -616,9 +759,9 @@ impl StreamPools {
     /// Serve `req` from the cache, if a cached block fits.
     #[inline]
     pub fn try_alloc(&mut self, req: &Request, cfg: &Config) -> Option<BlockId> {
-        let i = self.find_free(req, cfg)?;
+        let (i, at_end) = self.find_free(req, cfg)?;
         self.remove_free(i);
-        Some(self.take_block(i, req, cfg))
+        Some(self.take_block_at(i, req, cfg, at_end))
     }
 
     /// A new segment covered by one free block (mapped or not); returns the block.
@@ -906,7 +1049,14 @@ impl StreamPools {
     }
 
     /// Adopt a reserved address range as the expandable segment of `pool` (nothing mapped).
-    pub fn add_expandable_segment(&mut self, addr: u64, size: u64, pool: PoolKind) {
+    pub fn add_expandable_segment(
+        &mut self,
+        addr: u64,
+        size: u64,
+        pool: PoolKind,
+        granularity: u64,
+    ) {
+        self.granularity = granularity;
         let i = self.new_segment(addr, size, pool, true);
         self.unmapped[pool.idx()].insert((addr, i));
         self.expandable[pool.idx()] = Some(self.blocks[i as usize].seg);

@@ -185,7 +185,7 @@ mod expandable {
             ..Config::default()
         };
         let mut p = StreamPools::new(0);
-        p.add_expandable_segment(0x10_0000_0000, 64 * G, PoolKind::Large);
+        p.add_expandable_segment(0x10_0000_0000, 64 * G, PoolKind::Large, G);
         (p, c)
     }
 
@@ -332,6 +332,74 @@ mod expandable {
         // A small request may use (and split) the large free block.
         let y = p.try_alloc(&Request::new(30 * MIB, &c), &c).unwrap();
         assert_eq!(p.block_size(y), 30 * MIB);
+        p.check_invariants(&c).unwrap();
+    }
+    #[test]
+    fn placement_prefers_pages_live_blocks_already_touch() {
+        let (mut p, c) = pools();
+        let base = 0x10_0000_0000;
+        // a = [0, 5.5) MiB on pages 0..=2; b = [5.5, 6.5 MiB + 512) shares page 2 with it.
+        let r = Request::new(5 * MIB + MIB / 2, &c);
+        let a = p.commit_map(p.plan_map(&r, G).unwrap(), &r, &c);
+        let r = Request::new(MIB + 512, &c);
+        let b = p.commit_map(p.plan_map(&r, G).unwrap(), &r, &c);
+        assert_eq!(p.block_addr(b), base + 5 * MIB + MIB / 2);
+        p.free(a, &c);
+        // 1.5 MiB does not fit in what b left free on page 3. Best fit at the start of
+        // [0, 5.5) MiB would pin page 0; its end fits on page 2, which b keeps mapped anyway.
+        let x = p.try_alloc(&Request::new(MIB + MIB / 2, &c), &c).unwrap();
+        assert_eq!(p.block_addr(x), base + 4 * MIB);
+        p.check_invariants(&c).unwrap();
+        let plans = p.plan_unmap(G);
+        assert_eq!(plans.len(), 1);
+        assert_eq!((plans[0].addr, plans[0].len), (base, 2 * G));
+        p.commit_unmap(plans[0]);
+        p.check_invariants(&c).unwrap();
+        // A free block that starts inside a page a live block uses is used from its start.
+        p.free(b, &c);
+        let y = p.try_alloc(&Request::new(MIB + 512, &c), &c).unwrap();
+        assert_eq!(p.block_addr(y), base + 5 * MIB + MIB / 2);
+        p.check_invariants(&c).unwrap();
+    }
+
+    #[test]
+    fn a_request_borrows_a_mapped_page_of_the_other_pool_before_touching_a_new_one() {
+        let (mut p, c) = pools();
+        let base = 0x10_0000_0000;
+        p.add_expandable_segment(0x20_0000_0000, 8 * G, PoolKind::Small, G);
+        // Large: [0, 3) MiB live, [3, 4) MiB mapped free on the live block's page.
+        let r3 = Request::new(3 * MIB, &c);
+        let big = p.commit_map(p.plan_map(&r3, G).unwrap(), &r3, &c);
+        // The small pool has nothing mapped: a new small page would be needed.
+        let small = Request::new(512 * 1024, &c);
+        assert_eq!(small.pool, PoolKind::Small);
+        let s = p.try_alloc(&small, &c).unwrap();
+        assert_eq!(p.block_addr(s), base + 3 * MIB);
+        assert_eq!(
+            p.block_pool(s),
+            PoolKind::Large,
+            "counted where its memory is"
+        );
+        assert_eq!(
+            p.stats().allocated_bytes[2].current as u64,
+            3 * MIB + 512 * 1024
+        );
+        assert_eq!(p.stats().allocated_bytes[1].current, 0);
+        p.check_invariants(&c).unwrap();
+        // Once the small pool has room on a page it already uses, it serves its own.
+        let own = p.commit_map(p.plan_map(&small, G).unwrap(), &small, &c);
+        assert_eq!(p.block_pool(own), PoolKind::Small);
+        let t = p.try_alloc(&small, &c).unwrap();
+        assert_eq!(p.block_pool(t), PoolKind::Small);
+        // Freed, the borrowed block goes back to the large pool's free space.
+        p.free(s, &c);
+        p.check_invariants(&c).unwrap();
+        assert_eq!(p.stats().allocated_bytes[2].current as u64, 3 * MIB);
+        p.free(big, &c);
+        for plan in p.plan_unmap(G) {
+            p.commit_unmap(plan);
+        }
+        assert_eq!(p.mapped_bytes(), G, "only the small pool's page stays");
         p.check_invariants(&c).unwrap();
     }
 }
