@@ -556,14 +556,15 @@ impl StreamPools {
     /// The free block to serve `req` from, and whether to place it at the block's end: in
     /// an expandable segment the page-aware placement ([`Self::find_free_paged`]), else best
     /// fit under the `max_split_size` rules.
-    fn find_free(&mut self, req: &Request, cfg: &Config) -> Option<(u32, bool)> {
+    fn find_free(&mut self, req: &Request, cfg: &Config) -> Option<(u32, u64)> {
         self.lookups[req.pool.idx()] += 1;
         if self.expandable.iter().any(Option::is_some)
             && let Some(x) = self.find_free_paged(req)
         {
             return Some(x);
         }
-        self.find_free_fixed(req, cfg).map(|i| (i, false))
+        self.find_free_fixed(req, cfg)
+            .map(|i| (i, self.blocks[i as usize].addr))
     }
 
     /// How many pages of `[a, a + r)` no other block touches, for a placement inside the
@@ -588,42 +589,76 @@ impl StreamPools {
     /// Page-aware placement in the expandable segments. Fixed segments waste what their
     /// blocks leave free; an expandable segment's fully free pages go back to the driver, so
     /// what it wastes is the free bytes of pages that live blocks still touch. The request
-    /// therefore goes where it touches the fewest pages no other block uses, at the start or
-    /// the end of a free block (ties: the smaller block, then the lower address; the scan
-    /// stops at the first placement that costs no page, or after
-    /// [`PLACEMENT_CANDIDATES`] blocks). When the request's own pool can only place it on
-    /// an untouched page, a placement that costs none in the other pool's expandable
-    /// segment is taken instead: both pools map the same pages, and the block then counts
-    /// in the pool of the segment that holds it.
-    fn find_free_paged(&self, req: &Request) -> Option<(u32, bool)> {
+    /// therefore goes where it touches the fewest pages no other block uses; then, if it is
+    /// a whole number of pages, where it spans no more pages than that (aligned, it pins no
+    /// extra page once its neighbours are freed; other sizes pack best end to end); then
+    /// into the smaller free block, then at the lower address. It is placed at the start or
+    /// the end of a free block, or at its first or last page boundary; the scan, smallest
+    /// blocks first, stops at the first placement that costs no page or after
+    /// [`PLACEMENT_CANDIDATES`] blocks. When the request's own pool can only place it on an
+    /// untouched page, a placement that costs none in the other pool's expandable segment
+    /// is taken instead: both pools map the same pages, and the block then counts in the
+    /// pool of the segment that holds it. Returns the block and the address to place at.
+    fn find_free_paged(&self, req: &Request) -> Option<(u32, u64)> {
         let own = self.find_free_paged_in(req, req.pool);
         if own.is_none_or(|(n, _, _)| n > 0)
-            && let Some((0, i, at_end)) = self.find_free_paged_in(req, req.pool.other())
+            && let Some((0, i, at)) = self.find_free_paged_in(req, req.pool.other())
         {
-            return Some((i, at_end));
+            return Some((i, at));
         }
-        own.map(|(_, i, at_end)| (i, at_end))
+        own.map(|(_, i, at)| (i, at))
+    }
+
+    /// For a request of whole pages, the pages `[a, a + r)` spans (one more than it needs
+    /// unless aligned: such a block then keeps a page mapped for its neighbours' sake after
+    /// they are freed); 0 for other sizes, whose blocks pack best end to end.
+    fn aligned_span(&self, a: u64, r: u64) -> u64 {
+        let g = self.granularity;
+        if r.is_multiple_of(g) {
+            (a + r - 1) / g - a / g + 1
+        } else {
+            0
+        }
+    }
+
+    /// Where `r` bytes may go inside the free block `[s, e)`: its start, its end, and its
+    /// first and last page boundaries.
+    fn placements(&self, s: u64, e: u64, r: u64) -> [Option<u64>; 4] {
+        let g = self.granularity;
+        let up = s.div_ceil(g) * g;
+        let down = e / g * g;
+        [
+            Some(s),
+            Some(e - r),
+            (up + r <= e).then_some(up),
+            (down >= s + r).then(|| down - r),
+        ]
     }
 
     /// [`Self::find_free_paged`] within the expandable segment of `pool`: (new pages, block,
-    /// at its end).
-    fn find_free_paged_in(&self, req: &Request, pool: PoolKind) -> Option<(u64, u32, bool)> {
+    /// address).
+    fn find_free_paged_in(&self, req: &Request, pool: PoolKind) -> Option<(u64, u32, u64)> {
         let r = req.rounded;
         let seg = self.expandable[pool.idx()]?;
-        let mut best: Option<((u64, u64, u64), u32, bool)> = None;
+        let mut best: Option<((u64, u64, u64, u64), u32)> = None;
         let mut consider = |i: u32| -> bool {
             let b = &self.blocks[i as usize];
             if b.seg != seg || b.size < r {
                 return false;
             }
             let (s, e) = (b.addr, b.addr + b.size);
-            for (at_end, a) in [(false, s), (true, e - r)] {
-                let key = (self.new_pages(s, e, a, r), b.size, a);
-                if best.is_none_or(|(k, _, _)| key < k) {
-                    best = Some((key, i, at_end));
+            for a in self.placements(s, e, r).into_iter().flatten() {
+                let key = (
+                    self.new_pages(s, e, a, r),
+                    self.aligned_span(a, r),
+                    b.size,
+                    a,
+                );
+                if best.is_none_or(|(k, _)| key < k) {
+                    best = Some((key, i));
                 }
             }
-            best.is_some_and(|(k, _, _)| k.0 == 0)
+            best.is_some_and(|(k, _)| k.0 == 0)
         };
         let limit = PLACEMENT_CANDIDATES;
         match pool {
@@ -642,7 +677,7 @@ impl StreamPools {
                 }
             }
         }
-        best.map(|(k, i, at_end)| (k.0, i, at_end))
+        best.map(|(k, i)| (k.0, i, k.3))
     }
 
     fn find_free_fixed(&self, req: &Request, cfg: &Config) -> Option<u32> {
@@ -683,38 +718,10 @@ impl StreamPools {
         }
     }
 
-    /// Hand out free block `i` (already out of the free set) for `req`, splitting off the
-    /// remainder when worth it.
+    /// Hand out free block `i` (already out of the free set) for `req` from its start,
+    /// splitting off the remainder when worth it.
     fn take_block(&mut self, i: u32, req: &Request, cfg: &Config) -> BlockId {
-        self.take_block_at(i, req, cfg, false)
-    }
-
-    /// [`Self::take_block`], the request placed at the start of the free block or, with
-    /// `at_end`, at its end (the remainder then stays before it).
-    fn take_block_at(&mut self, i: u32, req: &Request, cfg: &Config, at_end: bool) -> BlockId {
         self.inactive_split_account(i, false);
-        if at_end && self.should_split(i, req.rounded, cfg) {
-            // `i` keeps the front as the free remainder; a new block takes the end.
-            let (addr, size, seg, next) = {
-                let b = &self.blocks[i as usize];
-                (b.addr, b.size, b.seg, b.next)
-            };
-            let rest = size - req.rounded;
-            let t = self.new_block(Block {
-                prev: i,
-                next,
-                ..Block::fresh(addr + rest, req.rounded, seg, true)
-            });
-            if next != NIL {
-                self.blocks[next as usize].prev = t;
-            }
-            let b = &mut self.blocks[i as usize];
-            b.next = t;
-            b.size = rest;
-            self.insert_free(i);
-            self.inactive_split_account(i, true);
-            return self.hand_out(t, req, cfg);
-        }
         if self.should_split(i, req.rounded, cfg) {
             let (addr, size, seg, next) = {
                 let b = &self.blocks[i as usize];
@@ -735,6 +742,33 @@ impl StreamPools {
             self.inactive_split_account(rest, true);
         }
         self.hand_out(i, req, cfg)
+    }
+
+    /// [`Self::take_block`] at address `at` inside free block `i` of an expandable segment:
+    /// what lies before `at` stays free as its own block.
+    fn take_block_at(&mut self, i: u32, req: &Request, cfg: &Config, at: u64) -> BlockId {
+        let (addr, size, seg, next) = {
+            let b = &self.blocks[i as usize];
+            (b.addr, b.size, b.seg, b.next)
+        };
+        debug_assert!(at >= addr && at + req.rounded <= addr + size);
+        if at == addr {
+            return self.take_block(i, req, cfg);
+        }
+        debug_assert!(self.segments[seg as usize].expandable);
+        let t = self.new_block(Block {
+            prev: i,
+            next,
+            ..Block::fresh(at, addr + size - at, seg, true)
+        });
+        if next != NIL {
+            self.blocks[next as usize].prev = t;
+        }
+        let b = &mut self.blocks[i as usize];
+        b.next = t;
+        b.size = at - addr;
+        self.insert_free(i);
+        self.take_block(t, req, cfg)
     }
 
     /// Mark block `i` (out of the free set, already at its final size) allocated for `req`.
@@ -759,9 +793,9 @@ impl StreamPools {
     /// Serve `req` from the cache, if a cached block fits.
     #[inline]
     pub fn try_alloc(&mut self, req: &Request, cfg: &Config) -> Option<BlockId> {
-        let (i, at_end) = self.find_free(req, cfg)?;
+        let (i, at) = self.find_free(req, cfg)?;
         self.remove_free(i);
-        Some(self.take_block_at(i, req, cfg, at_end))
+        Some(self.take_block_at(i, req, cfg, at))
     }
 
     /// A new segment covered by one free block (mapped or not); returns the block.

@@ -195,13 +195,7 @@ mod expandable {
         p.check_invariants(&c).unwrap();
         let r = Request::new(3 * MIB, &c);
         let plan = p.plan_map(&r, G).unwrap();
-        assert_eq!(
-            plan,
-            MapPlan {
-                addr: 0x10_0000_0000,
-                len: 2 * G
-            }
-        );
+        assert_eq!((plan.addr, plan.len), (0x10_0000_0000, 2 * G));
         let a = p.commit_map(plan, &r, &c);
         assert_eq!(p.block_size(a), 3 * MIB, "split: any remainder is kept");
         assert_eq!(p.mapped_bytes(), 4 * MIB);
@@ -210,13 +204,7 @@ mod expandable {
         let r2 = Request::new(5 * MIB, &c);
         assert!(p.try_alloc(&r2, &c).is_none());
         let plan2 = p.plan_map(&r2, G).unwrap();
-        assert_eq!(
-            plan2,
-            MapPlan {
-                addr: 0x10_0000_0000 + 2 * G,
-                len: 2 * G
-            }
-        );
+        assert_eq!((plan2.addr, plan2.len), (0x10_0000_0000 + 2 * G, 2 * G));
         let b = p.commit_map(plan2, &r2, &c);
         assert_eq!(p.block_addr(b), 0x10_0000_0000 + 3 * MIB);
         p.check_invariants(&c).unwrap();
@@ -400,6 +388,29 @@ mod expandable {
             p.commit_unmap(plan);
         }
         assert_eq!(p.mapped_bytes(), G, "only the small pool's page stays");
+        p.check_invariants(&c).unwrap();
+    }
+    #[test]
+    fn whole_page_requests_are_placed_page_aligned() {
+        let (mut p, c) = pools();
+        let base = 0x10_0000_0000;
+        // a = [0, 1) MiB, then 7 MiB free up to the end of page 3.
+        let r1 = Request::new(MIB + 512, &c);
+        let a = p.commit_map(p.plan_map(&r1, G).unwrap(), &r1, &c);
+        let r7 = Request::new(7 * MIB - 512, &c);
+        let f = p.commit_map(p.plan_map(&r7, G).unwrap(), &r7, &c);
+        assert_eq!(p.mapped_bytes(), 8 * MIB);
+        p.free(f, &c);
+        // Two pages: right after a they would span pages 0..=2 and keep page 0 mapped once a
+        // is freed; aligned on page 1 they span only their own two.
+        let w = p.try_alloc(&Request::new(2 * G, &c), &c).unwrap();
+        assert_eq!(p.block_addr(w), base + G);
+        p.free(a, &c);
+        let plans = p.plan_unmap(G);
+        assert_eq!(
+            plans.iter().map(|u| (u.addr, u.len)).collect::<Vec<_>>(),
+            vec![(base, G), (base + 3 * G, G)]
+        );
         p.check_invariants(&c).unwrap();
     }
 }
