@@ -86,24 +86,7 @@ impl SmallBins {
     /// A block of the smallest size ≥ `size`, if any.
     #[inline]
     pub(super) fn first_at_least(&self, size: u64) -> Option<u32> {
-        let c = class(size);
-        let w = c / 64;
-        let bits = self.words[w] & (!0u64 << (c % 64));
-        let c = if bits != 0 {
-            w * 64 + bits.trailing_zeros() as usize
-        } else {
-            let higher = if w + 1 >= 128 {
-                0
-            } else {
-                self.summary & (!0u128 << (w + 1))
-            };
-            if higher == 0 {
-                return None;
-            }
-            let w = higher.trailing_zeros() as usize;
-            w * 64 + self.words[w].trailing_zeros() as usize
-        };
-        Some(self.heads[c])
+        self.next_class(class(size)).map(|c| self.heads[c])
     }
 
     /// Size of the largest free block.
@@ -145,6 +128,7 @@ impl SmallBins {
     }
 
     /// The first non-empty class at or above `c`.
+    #[inline]
     fn next_class(&self, c: usize) -> Option<usize> {
         if c >= CLASSES {
             return None;

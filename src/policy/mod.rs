@@ -553,20 +553,6 @@ impl StreamPools {
         }
     }
 
-    /// The free block to serve `req` from, and whether to place it at the block's end: in
-    /// an expandable segment the page-aware placement ([`Self::find_free_paged`]), else best
-    /// fit under the `max_split_size` rules.
-    fn find_free(&mut self, req: &Request, cfg: &Config) -> Option<(u32, u64)> {
-        self.lookups[req.pool.idx()] += 1;
-        if self.expandable.iter().any(Option::is_some)
-            && let Some(x) = self.find_free_paged(req)
-        {
-            return Some(x);
-        }
-        self.find_free_fixed(req, cfg)
-            .map(|i| (i, self.blocks[i as usize].addr))
-    }
-
     /// How many pages of `[a, a + r)` no other block touches, for a placement inside the
     /// free mapped block `[s, e)` of an expandable segment. A free mapped block that starts
     /// or ends inside a page shares that page with the allocated block next to it (unmapped
@@ -720,7 +706,7 @@ impl StreamPools {
 
     /// Hand out free block `i` (already out of the free set) for `req` from its start,
     /// splitting off the remainder when worth it.
-    fn take_block(&mut self, i: u32, req: &Request, cfg: &Config) -> BlockId {
+    fn take_block(&mut self, i: u32, req: &Request, cfg: &Config, pool: PoolKind) -> BlockId {
         self.inactive_split_account(i, false);
         if self.should_split(i, req.rounded, cfg) {
             let (addr, size, seg, next) = {
@@ -741,19 +727,20 @@ impl StreamPools {
             self.insert_free(rest);
             self.inactive_split_account(rest, true);
         }
-        self.hand_out(i, req, cfg)
+        self.hand_out(i, req, cfg, pool)
     }
 
-    /// [`Self::take_block`] at address `at` inside free block `i` of an expandable segment:
-    /// what lies before `at` stays free as its own block.
+    /// [`Self::take_block`] at address `at` inside free block `i` of an expandable segment
+    /// (of either pool): what lies before `at` stays free as its own block.
     fn take_block_at(&mut self, i: u32, req: &Request, cfg: &Config, at: u64) -> BlockId {
         let (addr, size, seg, next) = {
             let b = &self.blocks[i as usize];
             (b.addr, b.size, b.seg, b.next)
         };
         debug_assert!(at >= addr && at + req.rounded <= addr + size);
+        let pool = self.segments[seg as usize].pool;
         if at == addr {
-            return self.take_block(i, req, cfg);
+            return self.take_block(i, req, cfg, pool);
         }
         debug_assert!(self.segments[seg as usize].expandable);
         let t = self.new_block(Block {
@@ -768,12 +755,12 @@ impl StreamPools {
         b.next = t;
         b.size = at - addr;
         self.insert_free(i);
-        self.take_block(t, req, cfg)
+        self.take_block(t, req, cfg, pool)
     }
 
-    /// Mark block `i` (out of the free set, already at its final size) allocated for `req`.
-    fn hand_out(&mut self, i: u32, req: &Request, cfg: &Config) -> BlockId {
-        let pool = self.segments[self.blocks[i as usize].seg as usize].pool;
+    /// Mark block `i` (out of the free set, already at its final size, in a segment of
+    /// `pool`) allocated for `req`.
+    fn hand_out(&mut self, i: u32, req: &Request, cfg: &Config, pool: PoolKind) -> BlockId {
         let b = &mut self.blocks[i as usize];
         b.state = BlockState::Allocated;
         b.requested = req.requested;
@@ -790,12 +777,21 @@ impl StreamPools {
         BlockId(i)
     }
 
-    /// Serve `req` from the cache, if a cached block fits.
+    /// Serve `req` from the cache, if a cached block fits: in the expandable segments
+    /// where [`Self::find_free_paged`] places it, else by best fit under the
+    /// `max_split_size` rules.
     #[inline]
     pub fn try_alloc(&mut self, req: &Request, cfg: &Config) -> Option<BlockId> {
-        let (i, at) = self.find_free(req, cfg)?;
+        self.lookups[req.pool.idx()] += 1;
+        if (self.expandable[0].is_some() || self.expandable[1].is_some())
+            && let Some((i, at)) = self.find_free_paged(req)
+        {
+            self.remove_free(i);
+            return Some(self.take_block_at(i, req, cfg, at));
+        }
+        let i = self.find_free_fixed(req, cfg)?;
         self.remove_free(i);
-        Some(self.take_block_at(i, req, cfg, at))
+        Some(self.take_block(i, req, cfg, req.pool))
     }
 
     /// A new segment covered by one free block (mapped or not); returns the block.
@@ -830,7 +826,7 @@ impl StreamPools {
         cfg: &Config,
     ) -> BlockId {
         let i = self.new_segment(addr, size, req.pool, false);
-        self.take_block(i, req, cfg)
+        self.take_block(i, req, cfg, req.pool)
     }
 
     /// Note that allocated block `id` is used by `stream` too: on free it will wait for
@@ -1219,7 +1215,7 @@ impl StreamPools {
         self.blocks[m as usize].mapped = true;
         self.mapped_bytes += plan.len;
         let i = self.merge_mapped_free(m);
-        self.take_block(i, req, cfg)
+        self.take_block(i, req, cfg, req.pool)
     }
 
     /// Free pages of this stream's expandable segments that could be unmapped: the whole
