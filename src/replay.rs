@@ -9,6 +9,7 @@ use crate::allocator::CachingAllocator;
 use crate::backend::SimBackend;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::policy::{SMALL_BUFFER as SMALL_SEGMENT, SMALL_SIZE};
 use crate::trace::{DeviceTrace, EventKind, Trace};
 
 /// Default simulated capacity when the trace does not know the device's.
@@ -29,6 +30,10 @@ pub struct ReplayOptions {
     /// (`segment_free` events, the program's own `torch.cuda.empty_cache()` calls), which a
     /// replay does by default.
     pub ignore_empty_cache: bool,
+    /// Start from an empty cache. By default a replay with fixed segments starts from the
+    /// cache PyTorch held when the trace began (its segments, rebuilt by allocating and
+    /// freeing a block of each one's size), so both allocators start alike.
+    pub cold_start: bool,
 }
 
 /// One sample of the series.
@@ -73,6 +78,9 @@ pub struct ReplayReport {
     pub series: Vec<Point>,
     /// The snapshot pickle after the replay (when history was recorded).
     pub snapshot: Option<Vec<u8>>,
+    /// Segments of PyTorch's cache at the trace's start that the replay started from (0:
+    /// an empty cache).
+    pub warm_segments: usize,
     /// Notes (settings that could not be applied).
     pub notes: Vec<String>,
 }
@@ -139,6 +147,29 @@ pub fn replay_device(
     let mut series = Vec::new();
     let started = Instant::now();
 
+    let mut warm_segments = 0;
+    if !opts.cold_start && !config.expandable_segments {
+        // A block of a segment's size gets a segment of that size (a small-pool segment for
+        // 2 MiB and under); freed, it is cached as PyTorch's was.
+        let mut warm = Vec::with_capacity(dev.initial_segments.len());
+        for s in &dev.initial_segments {
+            let size = if s.size <= SMALL_SEGMENT {
+                SMALL_SIZE
+            } else {
+                s.size
+            };
+            match alloc.allocate_raw(0, size, s.stream) {
+                Ok(p) => warm.push(p),
+                Err(Error::OutOfMemory(_)) => ooms += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        warm_segments = warm.len();
+        for p in warm {
+            alloc.free_raw(0, p)?;
+        }
+    }
+    let warm_device_allocs = alloc.memory_stats(0)?.num_device_alloc;
     let mut do_alloc = |addr: u64,
                         size: u64,
                         stream: u64,
@@ -225,12 +256,13 @@ pub fn replay_device(
         peak_allocated: dev.peak_live_bytes().max(peak_live),
         peak_reserved: peak_reserved.max(stats.segments.reserved_bytes[0].peak as u64),
         pytorch_peak_reserved: dev.pytorch_peak_reserved(),
-        device_allocs: stats.num_device_alloc,
+        device_allocs: stats.num_device_alloc - warm_device_allocs,
         pytorch_segment_allocs: dev.pytorch_segment_allocs(),
         ooms,
         seconds,
         series,
         snapshot,
+        warm_segments,
         notes,
     })
 }

@@ -136,6 +136,62 @@ fn cudalloc_snapshot_round_trips_through_replay() {
 }
 
 #[test]
+fn a_replay_starts_from_the_cache_the_snapshot_began_with() {
+    // Segments cached before the history starts (all their blocks freed), then a workload
+    // recorded with the peak statistics reset: a warm replay starts where the allocator did
+    // and must reach exactly its peak.
+    let alloc = CachingAllocator::new(SimBackend::new(1 << 30), Config::default()).unwrap();
+    let before: Vec<_> = [30 * MIB, 3 * MIB, 300_000, 512 * MIB]
+        .iter()
+        .map(|&n| alloc.malloc(n, 0).unwrap())
+        .collect();
+    drop(before);
+    let start = alloc.reserved_bytes(0);
+    assert_eq!(start, (30 + 20 + 2 + 512) * MIB);
+    alloc.reset_peak_memory_stats(0).unwrap();
+    alloc.record_history(true, 10_000);
+    let mut keep = Vec::new();
+    for i in 0..60u64 {
+        let a = alloc.malloc((i % 11 + 1) * 1_700_000, 0).unwrap();
+        if i % 4 == 0 {
+            keep.push(a);
+        }
+    }
+    let peak = alloc.memory_stats(0).unwrap().segments.reserved_bytes[0].peak as u64;
+    let bytes = alloc.snapshot_pickle().unwrap();
+    let t = parse_trace("warm.pickle", &bytes).unwrap();
+    let d = &t.devices[0];
+    assert_eq!(d.pytorch_start_reserved, Some(start));
+    let mut sizes: Vec<u64> = d.initial_segments.iter().map(|s| s.size).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, vec![2 * MIB, 20 * MIB, 30 * MIB, 512 * MIB]);
+    let warm = replay_device(&t, d, &ReplayOptions::default(), |_| {}).unwrap();
+    assert_eq!(warm.warm_segments, 4);
+    assert_eq!(
+        warm.peak_reserved, peak,
+        "same allocator, same start, same peak"
+    );
+    assert_eq!(d.pytorch_peak_reserved(), Some(peak));
+    let cold = ReplayOptions {
+        cold_start: true,
+        ..ReplayOptions::default()
+    };
+    let cold = replay_device(&t, d, &cold, |_| {}).unwrap();
+    assert_eq!(cold.warm_segments, 0);
+    assert!(
+        cold.peak_reserved < start,
+        "the workload fits in the cache it started with; empty, it needs less"
+    );
+    // Expandable segments always start empty.
+    let exp = ReplayOptions {
+        config: Some(Config::parse("expandable_segments:True").unwrap()),
+        ..ReplayOptions::default()
+    };
+    assert_eq!(replay_device(&t, d, &exp, |_| {}).unwrap().warm_segments, 0);
+    drop(keep);
+}
+
+#[test]
 fn shared_frames_are_read_fast() {
     // A snapshot whose 20 000 events all share one 2 000-frame stack through the pickle memo.
     let script = "import pickle,sys\n\
@@ -283,9 +339,16 @@ fn shared_traces_match_pytorch_figures_and_replay() {
             Some(peak),
             "{file}"
         );
+        assert_eq!(
+            d.initial_segments.iter().map(|s| s.size).sum::<u64>() / MIB,
+            start,
+            "{file}: the segments at the start add up to PyTorch's reserved bytes then"
+        );
         let r = replay_device(&t, d, &ReplayOptions::default(), |_| {}).unwrap();
         assert_eq!(r.ooms, 0, "{file}");
         assert!(r.peak_reserved >= r.peak_allocated, "{file}");
+        // From PyTorch's cache at the start, the default policy never reserves more.
+        assert!(r.peak_reserved / MIB <= peak, "{file}");
         eprintln!(
             "{file}: live {} MiB, PyTorch {} MiB, cudalloc {} MiB",
             r.peak_allocated / MIB,

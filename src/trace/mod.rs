@@ -10,7 +10,7 @@
 
 pub mod pickle;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
 
@@ -80,6 +80,10 @@ pub struct DeviceTrace {
     pub device_total: Option<u64>,
     /// PyTorch's reserved bytes before the first event (snapshots only).
     pub pytorch_start_reserved: Option<u64>,
+    /// The segments PyTorch held before the first event, as (address, size, stream)
+    /// (snapshots of fixed segments only): the final segments with the trace's segment
+    /// events undone.
+    pub initial_segments: Vec<Block>,
 }
 
 /// A trace file.
@@ -530,12 +534,22 @@ fn parse_snapshot(name: &str, data: &[u8]) -> Result<Trace, TraceError> {
             });
         }
         let mut total: u64 = 0;
+        let mut held: BTreeMap<u64, Block> = BTreeMap::new();
         for s in &segments {
             if int_of(s, "device").unwrap_or(0) as usize != d {
                 continue;
             }
             total += int_of(s, "total_size").unwrap_or(0);
             let seg_stream = int_of(s, "stream").unwrap_or(0);
+            let seg_addr = int_of(s, "address").unwrap_or(0);
+            held.insert(
+                seg_addr,
+                Block {
+                    addr: seg_addr,
+                    size: int_of(s, "total_size").unwrap_or(0),
+                    stream: seg_stream,
+                },
+            );
             for b in s.get("blocks").and_then(|b| b.items()).unwrap_or_default() {
                 let state = b.get("state").and_then(|x| x.as_str());
                 let active = matches!(
@@ -562,6 +576,33 @@ fn parse_snapshot(name: &str, data: &[u8]) -> Result<Trace, TraceError> {
             continue;
         }
         let start = i128::from(total) - net_segments;
+        let expandable = settings.as_ref().is_some_and(|c| c.expandable_segments)
+            || entries.iter().any(|e| {
+                e.get("action").and_then(|a| a.as_str()).as_deref() == Some("segment_map")
+            });
+        let initial_segments = if expandable {
+            Vec::new()
+        } else {
+            for e in events.iter().rev() {
+                match e.kind {
+                    EventKind::SegmentAlloc => {
+                        held.remove(&e.addr);
+                    }
+                    EventKind::SegmentFree => {
+                        held.insert(
+                            e.addr,
+                            Block {
+                                addr: e.addr,
+                                size: e.size,
+                                stream: e.stream,
+                            },
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            held.into_values().collect()
+        };
         devices.push(DeviceTrace {
             device: d,
             events,
@@ -569,6 +610,7 @@ fn parse_snapshot(name: &str, data: &[u8]) -> Result<Trace, TraceError> {
             settings: settings.clone(),
             device_total: None,
             pytorch_start_reserved: Some(start.max(0) as u64),
+            initial_segments,
         });
     }
     Ok(Trace {

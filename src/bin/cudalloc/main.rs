@@ -73,6 +73,10 @@ struct ReplayArgs {
     /// cache where the snapshot shows PyTorch releasing segments).
     #[arg(long)]
     no_empty_cache: bool,
+    /// Start from an empty cache instead of the segments PyTorch held when the snapshot
+    /// began (fixed segments only; expandable segments always start empty).
+    #[arg(long)]
+    cold_start: bool,
 }
 
 /// `PATH` for the first output, `PATH-2.ext`, `PATH-3.ext`... for the next ones.
@@ -117,6 +121,7 @@ fn replay(args: ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
                     series_points: if args.plot.is_some() { 2000 } else { 0 },
                     record_history: args.dump_snapshot.is_some(),
                     ignore_empty_cache: args.no_empty_cache,
+                    cold_start: args.cold_start,
                 };
                 let total = (dev.initial_live.len() + dev.events.len()) as u64;
                 let bar = ProgressBar::new(total);
@@ -170,6 +175,7 @@ fn json_line(r: &ReplayReport) -> String {
         "device_allocs": r.device_allocs,
         "pytorch_segment_allocs": r.pytorch_segment_allocs,
         "ooms": r.ooms,
+        "warm_segments": r.warm_segments,
         "seconds": r.seconds,
         "events_per_second": r.events_per_second(),
     })
@@ -195,11 +201,14 @@ fn print_table(reports: &[ReplayReport]) {
         println!("  PyTorch peak reserved:      unknown (the trace has no segment figures)");
     }
     for r in reports {
-        let conf = if r.config.is_empty() {
+        let mut conf = if r.config.is_empty() {
             "defaults".to_string()
         } else {
             r.config.clone()
         };
+        if r.warm_segments > 0 {
+            conf += &format!("; from PyTorch's {} segments at start", r.warm_segments);
+        }
         let vs = r
             .pytorch_peak_reserved
             .map(|p| {
