@@ -413,4 +413,76 @@ mod expandable {
         );
         p.check_invariants(&c).unwrap();
     }
+    /// Pages touched by allocated (or pending) blocks, by brute force over the layout.
+    fn touched_pages(p: &StreamPools) -> std::collections::BTreeSet<u64> {
+        let mut t = std::collections::BTreeSet::new();
+        for s in p.segments() {
+            for b in s.blocks.iter().filter(|b| b.state != BlockState::Free) {
+                t.extend(b.addr / G..=(b.addr + b.size - 1) / G);
+            }
+        }
+        t
+    }
+
+    fn brute_new_pages(touched: &std::collections::BTreeSet<u64>, a: u64, r: u64) -> u64 {
+        (a / G..=(a + r - 1) / G)
+            .filter(|pg| !touched.contains(pg))
+            .count() as u64
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// The page count behind each placement matches a brute-force count, and the cache
+        /// serves a request at a placement costing the fewest new pages of all.
+        #[test]
+        fn placement_costs_match_brute_force(
+            ops in proptest::collection::vec((0u8..3, 2049u64..24_576, proptest::prelude::any::<u16>()), 1..60)
+        ) {
+            let (mut p, c) = pools();
+            let mut live: Vec<BlockId> = Vec::new();
+            for (kind, units, pick) in ops {
+                if kind == 0 && !live.is_empty() {
+                    let id = live.swap_remove(pick as usize % live.len());
+                    p.free(id, &c);
+                    continue;
+                }
+                let r = Request::new(units * 512, &c);
+                proptest::prop_assert_eq!(r.pool, PoolKind::Large);
+                let touched = touched_pages(&p);
+                let mut best = None::<u64>;
+                for &(size, addr, _) in p.large.iter() {
+                    if size < r.rounded {
+                        continue;
+                    }
+                    for a in p.placements(addr, addr + size, r.rounded).into_iter().flatten() {
+                        let n = p.new_pages(addr, addr + size, a, r.rounded);
+                        proptest::prop_assert_eq!(n, brute_new_pages(&touched, a, r.rounded));
+                        best = Some(best.map_or(n, |b| b.min(n)));
+                    }
+                }
+                let id = match p.try_alloc(&r, &c) {
+                    Some(id) => {
+                        let n = brute_new_pages(&touched, p.block_addr(id), r.rounded);
+                        proptest::prop_assert_eq!(Some(n), best, "not the cheapest placement");
+                        id
+                    }
+                    None => {
+                        proptest::prop_assert!(best.is_none());
+                        match p.plan_map(&r, G) {
+                            Some(plan) => p.commit_map(plan, &r, &c),
+                            None => continue,
+                        }
+                    }
+                };
+                live.push(id);
+                p.check_invariants(&c).map_err(proptest::test_runner::TestCaseError::fail)?;
+                if kind == 2 {
+                    for plan in p.plan_unmap(G) {
+                        p.commit_unmap(plan);
+                    }
+                }
+            }
+        }
+    }
 }
