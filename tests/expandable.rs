@@ -140,3 +140,39 @@ fn snapshot_reports_mapped_runs_as_expandable_segments() {
     assert_eq!(segs[0].size, 6 * MIB);
     drop(x);
 }
+
+#[test]
+fn a_small_block_on_a_large_pool_page_counts_there_and_goes_back_there() {
+    let a = alloc(1 << 30, "");
+    // 3 MiB on two large-pool pages: 1 MiB of the second page is free.
+    let big = a.malloc(3 * MIB, 0).unwrap();
+    // A small request would need a small-pool page; the free MiB already mapped serves it.
+    let small = a.malloc(512 * 1024, 0).unwrap();
+    assert_eq!(small.ptr(), big.ptr() + 3 * MIB);
+    let st = a.memory_stats(0).unwrap();
+    assert_eq!(
+        st.segments.reserved_bytes[0].current as u64,
+        4 * MIB,
+        "no new page"
+    );
+    assert_eq!(st.blocks.allocated_bytes[1].current, 0, "small pool");
+    assert_eq!(
+        st.blocks.allocated_bytes[2].current as u64,
+        3 * MIB + 512 * 1024,
+        "large pool"
+    );
+    let segs = a.snapshot(0).unwrap();
+    assert_eq!(segs.len(), 1);
+    assert_eq!(segs[0].blocks.len(), 3);
+    a.check_invariants().unwrap();
+    drop(big);
+    drop(small);
+    a.check_invariants().unwrap();
+    assert_eq!(
+        a.memory_stats(0).unwrap().blocks.allocated_bytes[0].current,
+        0
+    );
+    a.empty_cache(None).unwrap();
+    assert_eq!(a.backend().counts().used, 0, "every page given back");
+    a.check_invariants().unwrap();
+}
