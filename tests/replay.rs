@@ -349,6 +349,29 @@ fn shared_traces_match_pytorch_figures_and_replay() {
         assert!(r.peak_reserved >= r.peak_allocated, "{file}");
         // From PyTorch's cache at the start, the default policy never reserves more.
         assert!(r.peak_reserved / MIB <= peak, "{file}");
+        // Expandable segments: never above PyTorch, and within 2 % of the lower bound or,
+        // where that is less, one 2 MiB page per stream and pool.
+        let exp = ReplayOptions {
+            config: Some(Config::parse("expandable_segments:True").unwrap()),
+            ..ReplayOptions::default()
+        };
+        let e = replay_device(&t, d, &exp, |_| {}).unwrap();
+        let streams: std::collections::HashSet<u64> = d
+            .events
+            .iter()
+            .map(|e| e.stream)
+            .chain(d.initial_live.iter().map(|b| b.stream))
+            .collect();
+        let allowance = (e.peak_allocated / 50).max(streams.len() as u64 * 2 * 2 * MIB);
+        assert!(
+            e.peak_reserved / MIB <= peak,
+            "{file}: expandable above PyTorch"
+        );
+        assert!(
+            e.peak_reserved <= e.peak_allocated + allowance,
+            "{file}: expandable {} MiB over the bound",
+            (e.peak_reserved - e.peak_allocated) / MIB
+        );
         eprintln!(
             "{file}: live {} MiB, PyTorch {} MiB, cudalloc {} MiB",
             r.peak_allocated / MIB,
