@@ -24,7 +24,6 @@ use crate::stats::{self, BlockStats};
 pub const MIN_BLOCK_SIZE: u64 = 512;
 /// Requests up to this size are served from the small pool.
 pub const SMALL_SIZE: u64 = 1 << 20;
-
 /// How many free blocks, smallest first, the page-aware placement of expandable segments
 /// looks at before it settles for the best seen.
 pub const PLACEMENT_CANDIDATES: usize = 64;
@@ -553,7 +552,7 @@ impl StreamPools {
         }
     }
 
-    /// How many pages of `[a, a + r)` no other block touches, for a placement inside the
+    /// How many pages of `[a, a + r)` no live block touches, for a placement inside the
     /// free mapped block `[s, e)` of an expandable segment. A free mapped block that starts
     /// or ends inside a page shares that page with the allocated block next to it (unmapped
     /// ranges are whole pages), so a placement reaching into it costs no page.
@@ -575,7 +574,7 @@ impl StreamPools {
     /// Page-aware placement in the expandable segments. Fixed segments waste what their
     /// blocks leave free; an expandable segment's fully free pages go back to the driver, so
     /// what it wastes is the free bytes of pages that live blocks still touch. The request
-    /// therefore goes where it touches the fewest pages no other block uses; then, if it is
+    /// therefore goes where it touches the fewest pages no live block uses; then, if it is
     /// a whole number of pages, where it spans no more pages than that (aligned, it pins no
     /// extra page once its neighbours are freed; other sizes pack best end to end); then
     /// into the smaller free block, then at the lower address. It is placed at the start or
