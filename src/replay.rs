@@ -34,6 +34,9 @@ pub struct ReplayOptions {
     /// cache PyTorch held when the trace began (its segments, rebuilt by allocating and
     /// freeing a block of each one's size), so both allocators start alike.
     pub cold_start: bool,
+    /// Also report cudalloc's memory summary at the moment of its peak reserved bytes (the
+    /// replay runs a second time, up to that moment).
+    pub summary_at_peak: bool,
 }
 
 /// One sample of the series.
@@ -81,6 +84,11 @@ pub struct ReplayReport {
     /// Segments of PyTorch's cache at the trace's start that the replay started from (0:
     /// an empty cache).
     pub warm_segments: usize,
+    /// The event at which cudalloc's reserved bytes last rose to their peak (`None`: before
+    /// the first event, while the blocks live at the start were allocated).
+    pub peak_event: Option<usize>,
+    /// cudalloc's `memory_summary()` at that moment, when asked for.
+    pub summary_at_peak: Option<String>,
     /// Notes (settings that could not be applied).
     pub notes: Vec<String>,
 }
@@ -114,8 +122,26 @@ pub fn replay_device(
     trace: &Trace,
     dev: &DeviceTrace,
     opts: &ReplayOptions,
-    mut progress: impl FnMut(u64),
+    progress: impl FnMut(u64),
 ) -> Result<ReplayReport> {
+    let (mut report, _) = replay_until(trace, dev, opts, None, progress)?;
+    if opts.summary_at_peak {
+        let stop = Some(report.peak_event);
+        let (_, alloc) = replay_until(trace, dev, opts, stop, |_| {})?;
+        report.summary_at_peak = Some(alloc.memory_summary(0)?);
+    }
+    Ok(report)
+}
+
+/// [`replay_device`], stopping after event `stop` when given (`Some(None)`: before the
+/// first event); returns the allocator as the replay left it.
+fn replay_until(
+    trace: &Trace,
+    dev: &DeviceTrace,
+    opts: &ReplayOptions,
+    stop: Option<Option<usize>>,
+    mut progress: impl FnMut(u64),
+) -> Result<(ReplayReport, CachingAllocator<SimBackend>)> {
     let notes = Vec::new();
     let config = match &opts.config {
         Some(c) => c.clone(),
@@ -200,8 +226,14 @@ pub fn replay_device(
     }
     peak_live = peak_live.max(live);
     peak_reserved = peak_reserved.max(alloc.reserved_bytes(0));
+    let mut peak_event = None;
     let mut prev_kind = None;
-    for (i, e) in dev.events.iter().enumerate() {
+    let events = if stop == Some(None) {
+        &dev.events[..0]
+    } else {
+        &dev.events[..]
+    };
+    for (i, e) in events.iter().enumerate() {
         match e.kind {
             // PyTorch returns segments outside an out-of-memory retry only when the program
             // calls empty_cache (or under garbage collection): replay the call, once per
@@ -215,7 +247,11 @@ pub fn replay_device(
                 do_alloc(e.addr, e.size, e.stream, &mut map, &mut live)?;
                 sizes.insert(e.addr, e.size);
                 peak_live = peak_live.max(live);
-                peak_reserved = peak_reserved.max(alloc.reserved_bytes(0));
+                let reserved = alloc.reserved_bytes(0);
+                if reserved > peak_reserved {
+                    peak_reserved = reserved;
+                    peak_event = Some(i);
+                }
                 replayed += 1;
             }
             EventKind::Free => {
@@ -239,6 +275,9 @@ pub fn replay_device(
         if i.is_multiple_of(65536) {
             progress(i as u64 + dev.initial_live.len() as u64);
         }
+        if stop == Some(Some(i)) {
+            break;
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
     progress(total_events);
@@ -248,7 +287,7 @@ pub fn replay_device(
     } else {
         None
     };
-    Ok(ReplayReport {
+    let report = ReplayReport {
         trace: trace.path.clone(),
         device: dev.device,
         config: config.to_string(),
@@ -263,6 +302,9 @@ pub fn replay_device(
         series,
         snapshot,
         warm_segments,
+        peak_event,
+        summary_at_peak: None,
         notes,
-    })
+    };
+    Ok((report, alloc))
 }

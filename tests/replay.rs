@@ -280,6 +280,30 @@ fn cli_replay_json_and_outputs() {
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.contains("<svg") && svg.contains("cudalloc reserved"));
 
+    // The summary at the peak: after the second alloc (event 1), before the free.
+    let out = Command::new(env!("CARGO_BIN_EXE_cudalloc"))
+        .args(["replay", "--summary-at-peak", "--conf", ""])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("cudalloc at its peak (after event 1) [defaults]:"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("memory summary"), "{stdout}");
+    let summary = &stdout[stdout.find("|====").unwrap()..];
+    let allocated = summary
+        .lines()
+        .find(|l| l.starts_with("| Allocated memory"))
+        .unwrap();
+    // Both blocks live (5000192 + 1024 bytes), nothing freed yet.
+    assert!(
+        allocated.contains("4884 KiB |   4884 KiB |   4884 KiB |      0 B"),
+        "{allocated}"
+    );
+
     // Errors name the file; a bad --conf names the key.
     let bad = tmp("bad.csv", b"action,ptr,size,stream\nfree,0x1,5,0\n");
     let out = Command::new(env!("CARGO_BIN_EXE_cudalloc"))
@@ -297,6 +321,33 @@ fn cli_replay_json_and_outputs() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_split_size_mb"));
+}
+
+/// The "Cur Usage" and "Peak Usage" cells of the summary's "GPU reserved memory" line, in
+/// bytes (each truncated to its unit, as the summary prints them).
+fn reserved_cells(summary: &str) -> (u64, u64) {
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("| GPU reserved memory"))
+        .expect("reserved line");
+    let cells: Vec<u64> = line
+        .split('|')
+        .skip(2)
+        .take(2)
+        .map(|c| {
+            let mut it = c.split_whitespace();
+            let n: u64 = it.next().unwrap().parse().unwrap();
+            let unit = match it.next().unwrap() {
+                "B" => 1,
+                "KiB" => 1 << 10,
+                "MiB" => 1 << 20,
+                "GiB" => 1 << 30,
+                u => panic!("unit {u}"),
+            };
+            n * unit
+        })
+        .collect();
+    (cells[0], cells[1])
 }
 
 /// PyTorch's reserved figures for the shared traces, from their README (MiB).
@@ -355,7 +406,19 @@ fn shared_traces_match_pytorch_figures_and_replay() {
             config: Some(Config::parse("expandable_segments:True").unwrap()),
             ..ReplayOptions::default()
         };
+        let exp = ReplayOptions {
+            summary_at_peak: true,
+            ..exp
+        };
         let e = replay_device(&t, d, &exp, |_| {}).unwrap();
+        // The summary is taken at the peak: current reserved is the peak, to its unit.
+        let (cur, at_peak) = reserved_cells(e.summary_at_peak.as_deref().unwrap());
+        assert_eq!(cur, at_peak, "{file}");
+        assert!(
+            cur <= e.peak_reserved && e.peak_reserved - cur < 1 << 20,
+            "{file}: summary says {cur}, peak {}",
+            e.peak_reserved
+        );
         let streams: std::collections::HashSet<u64> = d
             .events
             .iter()

@@ -77,6 +77,10 @@ struct ReplayArgs {
     /// began (fixed segments only; expandable segments always start empty).
     #[arg(long)]
     cold_start: bool,
+    /// Also print cudalloc's memory summary at the moment of its peak reserved memory: what
+    /// it held then and how much of it was cached but free.
+    #[arg(long)]
+    summary_at_peak: bool,
 }
 
 /// `PATH` for the first output, `PATH-2.ext`, `PATH-3.ext`... for the next ones.
@@ -122,6 +126,7 @@ fn replay(args: ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
                     record_history: args.dump_snapshot.is_some(),
                     ignore_empty_cache: args.no_empty_cache,
                     cold_start: args.cold_start,
+                    summary_at_peak: args.summary_at_peak,
                 };
                 let total = (dev.initial_live.len() + dev.events.len()) as u64;
                 let bar = ProgressBar::new(total);
@@ -176,6 +181,8 @@ fn json_line(r: &ReplayReport) -> String {
         "pytorch_segment_allocs": r.pytorch_segment_allocs,
         "ooms": r.ooms,
         "warm_segments": r.warm_segments,
+        "peak_event": r.peak_event,
+        "summary_at_peak": r.summary_at_peak,
         "seconds": r.seconds,
         "events_per_second": r.events_per_second(),
     })
@@ -232,6 +239,13 @@ fn print_table(reports: &[ReplayReport]) {
             r.seconds,
             r.events_per_second() / 1e6,
         );
+        if let Some(summary) = &r.summary_at_peak {
+            match r.peak_event {
+                Some(i) => println!("  cudalloc at its peak (after event {i}) [{conf}]:"),
+                None => println!("  cudalloc at its peak (before the first event) [{conf}]:"),
+            }
+            println!("{summary}");
+        }
     }
 }
 
