@@ -304,6 +304,37 @@ fn cli_replay_json_and_outputs() {
         "{allocated}"
     );
 
+    // --suggest: the trace's settings and five others, ranked by peak reserved.
+    let out = Command::new(env!("CARGO_BIN_EXE_cudalloc"))
+        .args(["replay", "--suggest"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ranked: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.contains("settings ranked"))
+        .skip(1)
+        .take_while(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(ranked.len(), 6, "{stdout}");
+    let peaks: Vec<f64> = ranked
+        .iter()
+        .map(|l| {
+            let mib = l.split(" MiB").next().unwrap();
+            mib.rsplit(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert!(peaks.windows(2).all(|w| w[0] <= w[1]), "{stdout}");
+    assert!(stdout.contains("expandable_segments:True"), "{stdout}");
+    let out = Command::new(env!("CARGO_BIN_EXE_cudalloc"))
+        .args(["replay", "--suggest", "--conf", ""])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "--suggest picks its own settings");
+
     // Errors name the file; a bad --conf names the key.
     let bad = tmp("bad.csv", b"action,ptr,size,stream\nfree,0x1,5,0\n");
     let out = Command::new(env!("CARGO_BIN_EXE_cudalloc"))

@@ -81,7 +81,21 @@ struct ReplayArgs {
     /// it held then and how much of it was cached but free.
     #[arg(long)]
     summary_at_peak: bool,
+    /// Replay with the settings users reach for against out-of-memory errors (the trace's
+    /// own, expandable segments, max_split_size_mb 128/256/512, roundup_power2_divisions 4)
+    /// and rank them by peak reserved memory.
+    #[arg(long, conflicts_with = "confs")]
+    suggest: bool,
 }
+
+/// The settings `--suggest` compares (beside the trace's own).
+const SUGGESTED: [&str; 5] = [
+    "expandable_segments:True",
+    "max_split_size_mb:128",
+    "max_split_size_mb:256",
+    "max_split_size_mb:512",
+    "roundup_power2_divisions:4",
+];
 
 /// `PATH` for the first output, `PATH-2.ext`, `PATH-3.ext`... for the next ones.
 fn numbered(path: &Path, k: usize) -> PathBuf {
@@ -109,6 +123,11 @@ fn replay(args: ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if configs.is_empty() {
         configs.push(None);
+    }
+    if args.suggest {
+        for c in SUGGESTED {
+            configs.push(Some(Config::parse(c)?));
+        }
     }
     let mut k = 0;
     for path in &args.traces {
@@ -162,6 +181,9 @@ fn replay(args: ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
             if !args.json {
                 print_table(&reports);
+                if args.suggest {
+                    print_ranking(&reports);
+                }
             }
         }
     }
@@ -247,6 +269,40 @@ fn print_table(reports: &[ReplayReport]) {
             println!("{summary}");
         }
     }
+}
+
+/// `--suggest`: the settings from least to most peak reserved memory (replays that ran out
+/// of simulated memory last).
+fn print_ranking(reports: &[ReplayReport]) {
+    let Some(first) = reports.first() else {
+        return;
+    };
+    let mut order: Vec<&ReplayReport> = reports.iter().collect();
+    order.sort_by_key(|r| (r.ooms > 0, r.peak_reserved));
+    println!("  settings ranked by cudalloc's peak reserved memory:");
+    for (k, r) in order.iter().enumerate() {
+        let conf = if r.config.is_empty() {
+            "defaults"
+        } else {
+            &r.config
+        };
+        let ooms = if r.ooms > 0 {
+            format!("  OOMs: {}", r.ooms)
+        } else {
+            String::new()
+        };
+        println!(
+            "    {}. {:<30} {:>12}  (+{:.1} % over the bound){ooms}",
+            k + 1,
+            conf,
+            mib(r.peak_reserved),
+            ReplayReport::overhead_pct(r.peak_reserved, first.peak_allocated),
+        );
+    }
+    println!(
+        "  (cudalloc's figures: its fixed-segment settings follow PyTorch's policy; its expandable \
+         segments give back more than PyTorch's)"
+    );
 }
 
 fn main() -> ExitCode {
