@@ -493,6 +493,8 @@ fn parse_snapshot(name: &str, data: &[u8]) -> Result<Trace, TraceError> {
         let mut live: HashMap<u64, u64> = HashMap::new();
         let mut initial_live = Vec::new();
         let mut net_segments: i128 = 0;
+        // Expandable segments map pages: their segment events are not whole segments.
+        let mut maps_pages = false;
         for (i, e) in entries.iter().enumerate() {
             let at = || Some(format!("device {d} event {i}"));
             let action = e
@@ -517,6 +519,7 @@ fn parse_snapshot(name: &str, data: &[u8]) -> Result<Trace, TraceError> {
                     EventKind::Free
                 }
                 "segment_alloc" | "segment_map" => {
+                    maps_pages |= &*action == "segment_map";
                     net_segments += i128::from(size);
                     EventKind::SegmentAlloc
                 }
@@ -539,14 +542,15 @@ fn parse_snapshot(name: &str, data: &[u8]) -> Result<Trace, TraceError> {
             if int_of(s, "device").unwrap_or(0) as usize != d {
                 continue;
             }
-            total += int_of(s, "total_size").unwrap_or(0);
+            let seg_size = int_of(s, "total_size").unwrap_or(0);
+            total += seg_size;
             let seg_stream = int_of(s, "stream").unwrap_or(0);
             let seg_addr = int_of(s, "address").unwrap_or(0);
             held.insert(
                 seg_addr,
                 Block {
                     addr: seg_addr,
-                    size: int_of(s, "total_size").unwrap_or(0),
+                    size: seg_size,
                     stream: seg_stream,
                 },
             );
@@ -576,10 +580,7 @@ fn parse_snapshot(name: &str, data: &[u8]) -> Result<Trace, TraceError> {
             continue;
         }
         let start = i128::from(total) - net_segments;
-        let expandable = settings.as_ref().is_some_and(|c| c.expandable_segments)
-            || entries.iter().any(|e| {
-                e.get("action").and_then(|a| a.as_str()).as_deref() == Some("segment_map")
-            });
+        let expandable = settings.as_ref().is_some_and(|c| c.expandable_segments) || maps_pages;
         let initial_segments = if expandable {
             Vec::new()
         } else {
