@@ -182,6 +182,15 @@ fn a_replay_starts_from_the_cache_the_snapshot_began_with() {
         cold.peak_reserved < start,
         "the workload fits in the cache it started with; empty, it needs less"
     );
+    // A snapshot of expandable segments maps pages: no segments to start from.
+    let cfg = Config::parse("expandable_segments:True").unwrap();
+    let vmm = CachingAllocator::new(SimBackend::new(1 << 30), cfg).unwrap();
+    let early = vmm.malloc(30 * MIB, 0).unwrap();
+    vmm.record_history(true, 100);
+    let late = vmm.malloc(30 * MIB, 0).unwrap();
+    let t2 = parse_trace("vmm.pickle", &vmm.snapshot_pickle().unwrap()).unwrap();
+    assert!(t2.devices[0].initial_segments.is_empty());
+    drop((early, late));
     // Expandable segments always start empty.
     let exp = ReplayOptions {
         config: Some(Config::parse("expandable_segments:True").unwrap()),
