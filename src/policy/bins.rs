@@ -152,19 +152,7 @@ impl SmallBins {
 
     /// Every free block id, smallest size first.
     pub(super) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..CLASSES)
-            .filter(|&c| self.words[c / 64] & (1 << (c % 64)) != 0)
-            .flat_map(move |c| {
-                let mut i = self.heads[c];
-                std::iter::from_fn(move || {
-                    if i == NIL {
-                        return None;
-                    }
-                    let cur = i;
-                    i = self.links[i as usize].1;
-                    Some(cur)
-                })
-            })
+        self.at_least(MIN_BLOCK_SIZE)
     }
 
     /// Whether `id` is linked in the list of `size`.

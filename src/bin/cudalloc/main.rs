@@ -230,11 +230,7 @@ fn print_table(reports: &[ReplayReport]) {
         println!("  PyTorch peak reserved:      unknown (the trace has no segment figures)");
     }
     for r in reports {
-        let mut conf = if r.config.is_empty() {
-            "defaults".to_string()
-        } else {
-            r.config.clone()
-        };
+        let mut conf = conf_label(r).to_string();
         if r.warm_segments > 0 {
             conf += &format!("; from PyTorch's {} segments at start", r.warm_segments);
         }
@@ -271,6 +267,15 @@ fn print_table(reports: &[ReplayReport]) {
     }
 }
 
+/// A replay's settings as the tables show them.
+fn conf_label(r: &ReplayReport) -> &str {
+    if r.config.is_empty() {
+        "defaults"
+    } else {
+        &r.config
+    }
+}
+
 /// `--suggest`: the settings from least to most peak reserved memory (replays that ran out
 /// of simulated memory last).
 fn print_ranking(reports: &[ReplayReport]) {
@@ -281,11 +286,7 @@ fn print_ranking(reports: &[ReplayReport]) {
     order.sort_by_key(|r| (r.ooms > 0, r.peak_reserved));
     println!("  settings ranked by cudalloc's peak reserved memory:");
     for (k, r) in order.iter().enumerate() {
-        let conf = if r.config.is_empty() {
-            "defaults"
-        } else {
-            &r.config
-        };
+        let conf = conf_label(r);
         let ooms = if r.ooms > 0 {
             format!("  OOMs: {}", r.ooms)
         } else {
