@@ -26,6 +26,7 @@ pub mod oom;
 pub mod policy;
 pub mod replay;
 pub mod snapshot;
+pub mod standin;
 pub mod stats;
 pub mod summary;
 pub mod trace;

@@ -1,4 +1,4 @@
-//! The LD_PRELOAD shim over the fake driver: two C clients (one calling the driver's
+//! The LD_PRELOAD shim over the stand-in driver: two C clients (one calling the driver's
 //! symbols, one reaching it only through cuGetProcAddress), each run plain and preloaded.
 
 mod common;
@@ -24,7 +24,7 @@ fn preload_lib() -> PathBuf {
 }
 
 fn compile(name: &str, link_cuda: bool) -> PathBuf {
-    let dir = common::fake_cuda_dir();
+    let dir = common::standin_dir();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.c"));
     let out = dir.join(name);
     let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
@@ -49,8 +49,8 @@ struct Run {
 
 fn run(exe: &Path, preload: Option<&Path>, env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(exe);
-    cmd.env("LD_LIBRARY_PATH", common::fake_cuda_dir())
-        .env("FAKE_CUDA_CAPACITY", "8589934592")
+    cmd.env("LD_LIBRARY_PATH", common::standin_dir())
+        .env("CUDALLOC_STANDIN_CAPACITY", "8589934592")
         .env_remove("CUDALLOC_CONF");
     if let Some(p) = preload {
         cmd.env("LD_PRELOAD", p);
