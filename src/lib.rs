@@ -24,6 +24,7 @@ pub mod error;
 pub mod history;
 pub mod oom;
 pub mod policy;
+pub mod reference;
 pub mod replay;
 pub mod snapshot;
 pub mod standin;

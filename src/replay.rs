@@ -39,6 +39,25 @@ pub struct ReplayOptions {
     pub summary_at_peak: bool,
 }
 
+impl ReplayOptions {
+    /// The configuration a replay of `dev` uses: the one given, else the trace's recorded
+    /// settings, else the defaults.
+    pub fn config_for(&self, dev: &DeviceTrace) -> Config {
+        match &self.config {
+            Some(c) => c.clone(),
+            None => dev.settings.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The simulated capacity of a replay of `dev`: the one given, else the trace's device
+    /// total, else [`DEFAULT_CAPACITY`].
+    pub fn capacity_for(&self, dev: &DeviceTrace) -> u64 {
+        self.capacity
+            .or(dev.device_total)
+            .unwrap_or(DEFAULT_CAPACITY)
+    }
+}
+
 /// One sample of the series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Point {
@@ -91,6 +110,9 @@ pub struct ReplayReport {
     pub summary_at_peak: Option<String>,
     /// Notes (settings that could not be applied).
     pub notes: Vec<String>,
+    /// The same replay through PyTorch's own allocator, when asked for
+    /// ([`crate::reference`]; [`replay_device`] leaves it `None`).
+    pub reference: Option<crate::reference::Reference>,
 }
 
 impl ReplayReport {
@@ -143,14 +165,8 @@ fn replay_until(
     mut progress: impl FnMut(u64),
 ) -> Result<(ReplayReport, CachingAllocator<SimBackend>)> {
     let notes = Vec::new();
-    let config = match &opts.config {
-        Some(c) => c.clone(),
-        None => dev.settings.clone().unwrap_or_default(),
-    };
-    let capacity = opts
-        .capacity
-        .or(dev.device_total)
-        .unwrap_or(DEFAULT_CAPACITY);
+    let config = opts.config_for(dev);
+    let capacity = opts.capacity_for(dev);
     let backend = SimBackend::new(capacity).virtual_only().auto_complete();
     let alloc = CachingAllocator::new(backend, config.clone())?;
     if opts.record_history {
@@ -174,17 +190,10 @@ fn replay_until(
     let started = Instant::now();
 
     let mut warm_segments = 0;
-    if !opts.cold_start && !config.expandable_segments {
-        // A block of a segment's size gets a segment of that size (a small-pool segment for
-        // 2 MiB and under); freed, it is cached as PyTorch's was.
+    if warm_start(opts, &config) {
         let mut warm = Vec::with_capacity(dev.initial_segments.len());
         for s in &dev.initial_segments {
-            let size = if s.size <= SMALL_SEGMENT {
-                SMALL_SIZE
-            } else {
-                s.size
-            };
-            match alloc.allocate_raw(0, size, s.stream) {
+            match alloc.allocate_raw(0, warm_block_size(s.size), s.stream) {
                 Ok(p) => warm.push(p),
                 Err(Error::OutOfMemory(_)) => ooms += 1,
                 Err(e) => return Err(e),
@@ -305,6 +314,100 @@ fn replay_until(
         peak_event,
         summary_at_peak: None,
         notes,
+        reference: None,
     };
     Ok((report, alloc))
+}
+
+/// Whether a replay starts from the cache PyTorch held when the trace began (fixed segments
+/// only: expandable segments always start empty).
+fn warm_start(opts: &ReplayOptions, config: &Config) -> bool {
+    !opts.cold_start && !config.expandable_segments
+}
+
+/// The block that rebuilds one of PyTorch's starting segments: a block of a segment's size
+/// gets a segment of that size (a small-pool segment for 2 MiB and under); freed, it is cached
+/// as PyTorch's was.
+fn warm_block_size(segment: u64) -> u64 {
+    if segment <= SMALL_SEGMENT {
+        SMALL_SIZE
+    } else {
+        segment
+    }
+}
+
+/// One operation of a replay, as another allocator replays it ([`script`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Allocate `size` bytes on `stream` for the trace's block at `addr` (replacing a block
+    /// still live at that address; size 0 allocates nothing).
+    Alloc {
+        /// The trace's address, the block's name.
+        addr: u64,
+        /// Bytes.
+        size: u64,
+        /// Stream id.
+        stream: u64,
+    },
+    /// Free the block allocated for `addr`, if its allocation succeeded.
+    Free {
+        /// The trace's address.
+        addr: u64,
+    },
+    /// Release every fully free cached segment.
+    EmptyCache,
+    /// Allocate a block that rebuilds one of the segments PyTorch held at the start.
+    Warm {
+        /// Bytes.
+        size: u64,
+        /// Stream id.
+        stream: u64,
+    },
+    /// Free every [`Op::Warm`] block; device allocations are counted from here.
+    WarmDone,
+}
+
+/// The operations [`replay_device`] performs on its allocator, in its order, for another
+/// allocator to perform on the same events: the warm start (unless cold or expandable), the
+/// blocks live at the start, then the trace's allocs and frees with an `empty_cache` at
+/// each burst of PyTorch's segment releases (unless ignored).
+pub fn script(dev: &DeviceTrace, opts: &ReplayOptions, config: &Config) -> Vec<Op> {
+    let mut ops = Vec::with_capacity(
+        dev.initial_segments.len() + dev.initial_live.len() + dev.events.len() + 1,
+    );
+    if warm_start(opts, config) {
+        for s in &dev.initial_segments {
+            ops.push(Op::Warm {
+                size: warm_block_size(s.size),
+                stream: s.stream,
+            });
+        }
+    }
+    ops.push(Op::WarmDone);
+    for b in &dev.initial_live {
+        ops.push(Op::Alloc {
+            addr: b.addr,
+            size: b.size,
+            stream: b.stream,
+        });
+    }
+    let mut prev_kind = None;
+    for e in &dev.events {
+        match e.kind {
+            EventKind::SegmentFree
+                if !opts.ignore_empty_cache && prev_kind != Some(EventKind::SegmentFree) =>
+            {
+                ops.push(Op::EmptyCache);
+            }
+            EventKind::Alloc => ops.push(Op::Alloc {
+                addr: e.addr,
+                size: e.size,
+                stream: e.stream,
+            }),
+            EventKind::Free => ops.push(Op::Free { addr: e.addr }),
+            _ => {}
+        }
+        prev_kind = Some(e.kind);
+    }
+    ops
 }

@@ -5,8 +5,9 @@ mod plot;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
-use cudalloc::replay::{ReplayOptions, ReplayReport, replay_device};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use cudalloc::reference::{default_python, replay_pytorch};
+use cudalloc::replay::{ReplayOptions, ReplayReport, replay_device, script};
 use cudalloc::trace::read_trace;
 use cudalloc::units::parse_size;
 use cudalloc::{CachingAllocator, Config, SimBackend};
@@ -86,6 +87,22 @@ struct ReplayArgs {
     /// and rank them by peak reserved memory.
     #[arg(long, conflicts_with = "confs")]
     suggest: bool,
+    /// Also replay the same events, settings and capacity through another allocator:
+    /// `pytorch` is PyTorch's own caching allocator (the torch that --python imports, run on
+    /// the stand-in CUDA in a child process).
+    #[arg(long, value_enum)]
+    reference: Option<Engine>,
+    /// The Python whose torch --reference pytorch uses (default: CUDALLOC_PYTHON, else
+    /// python3).
+    #[arg(long, requires = "reference")]
+    python: Option<PathBuf>,
+}
+
+/// Reference allocators for `--reference`.
+#[derive(Clone, Copy, ValueEnum)]
+enum Engine {
+    /// PyTorch's CUDACachingAllocator.
+    Pytorch,
 }
 
 /// The settings `--suggest` compares (beside the trace's own).
@@ -158,7 +175,22 @@ fn replay(args: ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
                     "replaying {}",
                     path.file_name().unwrap_or_default().to_string_lossy()
                 ));
-                let r = replay_device(&trace, dev, &opts, |n| bar.set_position(n))?;
+                let mut r = replay_device(&trace, dev, &opts, |n| bar.set_position(n))?;
+                if args.reference.is_some() {
+                    bar.set_message("PyTorch's allocator on the same events");
+                    let python = args
+                        .python
+                        .as_ref()
+                        .map_or_else(default_python, |p| p.as_os_str().to_owned());
+                    let config = opts.config_for(dev);
+                    let ops = script(dev, &opts, &config);
+                    r.reference = Some(replay_pytorch(
+                        &ops,
+                        &config,
+                        opts.capacity_for(dev),
+                        &python,
+                    )?);
+                }
                 bar.finish_and_clear();
                 for n in &r.notes {
                     eprintln!("cudalloc: {}: {n}", r.trace);
@@ -207,6 +239,13 @@ fn json_line(r: &ReplayReport) -> String {
         "summary_at_peak": r.summary_at_peak,
         "seconds": r.seconds,
         "events_per_second": r.events_per_second(),
+        "reference": r.reference.as_ref().map(|p| serde_json::json!({
+            "engine": p.engine,
+            "torch_version": p.torch_version,
+            "peak_reserved": p.peak_reserved,
+            "device_allocs": p.device_allocs,
+            "ooms": p.ooms,
+        })),
     })
     .to_string()
 }
@@ -226,8 +265,11 @@ fn print_table(reports: &[ReplayReport]) {
             ReplayReport::overhead_pct(p, lower),
             first.pytorch_segment_allocs.unwrap_or(0)
         );
-    } else {
-        println!("  PyTorch peak reserved:      unknown (the trace has no segment figures)");
+    } else if first.reference.is_none() {
+        println!(
+            "  PyTorch peak reserved:      unknown (the trace has no segment figures; \
+             --reference pytorch replays it through PyTorch's allocator)"
+        );
     }
     for r in reports {
         let mut conf = conf_label(r).to_string();
@@ -252,6 +294,18 @@ fn print_table(reports: &[ReplayReport]) {
             r.device_allocs,
             r.ooms,
         );
+        if let Some(p) = &r.reference {
+            println!(
+                "  PyTorch {}'s own allocator, same events and settings: {}  (+{:.1} % over the \
+                 bound; cudalloc {})  device allocs: {}  OOMs: {}",
+                p.torch_version,
+                mib(p.peak_reserved),
+                ReplayReport::overhead_pct(p.peak_reserved, lower),
+                versus(r.peak_reserved, p.peak_reserved),
+                p.device_allocs,
+                p.ooms,
+            );
+        }
         println!(
             "  replay time:                {:.4} s ({:.1} M events/s)",
             r.seconds,
@@ -264,6 +318,18 @@ fn print_table(reports: &[ReplayReport]) {
             }
             println!("{summary}");
         }
+    }
+}
+
+/// cudalloc's peak against another's: "same", or the difference in percent.
+fn versus(ours: u64, theirs: u64) -> String {
+    if ours == theirs {
+        "the same".to_string()
+    } else {
+        format!(
+            "{:+.1} %",
+            (ours as f64 - theirs as f64) / theirs.max(1) as f64 * 100.0
+        )
     }
 }
 
@@ -292,8 +358,13 @@ fn print_ranking(reports: &[ReplayReport]) {
         } else {
             String::new()
         };
+        let pytorch = r
+            .reference
+            .as_ref()
+            .map(|p| format!("  PyTorch's allocator: {}", mib(p.peak_reserved)))
+            .unwrap_or_default();
         println!(
-            "    {}. {:<30} {:>12}  (+{:.1} % over the bound){ooms}",
+            "    {}. {:<30} {:>12}  (+{:.1} % over the bound){ooms}{pytorch}",
             k + 1,
             conf,
             mib(r.peak_reserved),
