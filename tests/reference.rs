@@ -18,7 +18,7 @@ fn run_script(ops: &[Op], config: Config, capacity: u64) -> (u64, u64, u64) {
     let mut live = FxHashMap::default();
     let mut warm = Vec::new();
     let (mut ooms, mut base) = (0, 0);
-    let mut take = |size, stream, ooms: &mut u64| match alloc.allocate_raw(0, size, stream) {
+    let take = |size, stream, ooms: &mut u64| match alloc.allocate_raw(0, size, stream) {
         Ok(p) => Some(p),
         Err(Error::OutOfMemory(_)) => {
             *ooms += 1;

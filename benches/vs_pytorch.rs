@@ -1,0 +1,380 @@
+//! `cargo bench --bench vs_pytorch`: cudalloc against PyTorch's own caching allocator, in one
+//! process, on the same size mixes (`hotpath`: the small-pool sizes of the shipped GPT-2
+//! trace; `large`: its sizes of 1 MiB and more), cached malloc+free pairs:
+//!
+//! - PyTorch 2.15's `c10::cuda::CUDACachingAllocator::raw_alloc_with_stream` / `raw_delete`,
+//!   called from native code (`benches/vs_pytorch/torch_alloc.cpp`, compiled here against the
+//!   headers and libraries of the torch wheel) on the stand-in CUDA;
+//! - cudalloc's C ABI (`cudalloc_malloc` / `cudalloc_free` of `libcudalloc.so`, what the
+//!   PyTorch plug-in calls), on its simulated backend;
+//! - cudalloc's Rust API (RAII allocations), on its simulated backend;
+//!
+//! then 1 and 2 threads, each on its own stream, for each. Rounds interleave the allocators;
+//! each figure is the median over the rounds, and the ratios are printed.
+//!
+//! The torch wheel is found like the real-PyTorch tests find it (`CUDALLOC_PYTHON`, else
+//! `.venv/bin/python`, else `python3`); without it the benchmark prints one line and stops.
+//! The process re-runs itself with the stand-in CUDA preloaded, which PyTorch's libraries
+//! need to start.
+
+use std::ffi::{CString, c_char, c_int, c_void};
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::Barrier;
+use std::time::Instant;
+
+use cudalloc::standin::Standin;
+use cudalloc::{CachingAllocator, Config, SimBackend};
+
+mod sizes {
+    include!("sizes.rs");
+}
+
+const CHILD: &str = "CUDALLOC_VS_PYTORCH_CHILD";
+const ROUNDS: usize = 15;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn main() -> ExitCode {
+    // `cargo bench -- FILTER`: run only if the filter names this group.
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if !filter.is_empty() && !filter.iter().any(|f| "vs_pytorch".contains(f.as_str())) {
+        return ExitCode::SUCCESS;
+    }
+    if std::env::var_os(CHILD).is_some() {
+        return child();
+    }
+    match prepare() {
+        Ok(mut cmd) => match cmd.status() {
+            Ok(s) if s.success() => ExitCode::SUCCESS,
+            Ok(s) => {
+                eprintln!("vs_pytorch: the benchmark process failed ({s})");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("vs_pytorch: cannot rerun the benchmark: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(why) => {
+            println!("vs_pytorch: SKIPPED: {why}");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Find torch, build the harness and the C library, and return the command that reruns this
+/// benchmark with everything in place.
+fn prepare() -> Result<Command, String> {
+    let python = std::env::var_os("CUDALLOC_PYTHON")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            let venv = root().join(".venv/bin/python");
+            venv.exists().then_some(venv)
+        })
+        .unwrap_or_else(|| "python3".into());
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import os, torch; assert torch.version.cuda; print(os.path.dirname(torch.__file__)); \
+             print(torch.__version__)",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} has no CUDA torch (scripts/install-torch.sh installs it, or set CUDALLOC_PYTHON)",
+            python.display()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let torch_dir = PathBuf::from(lines.next().unwrap_or_default());
+    let torch_version = lines.next().unwrap_or("unknown").to_string();
+    let site = torch_dir.parent().unwrap_or(&torch_dir).to_path_buf();
+
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vs_pytorch");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let harness = dir.join("libtorch_alloc.so");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    let built = Command::new(&cxx)
+        .args(["-O2", "-std=c++20", "-shared", "-fPIC", "-o"])
+        .arg(&harness)
+        .arg(root().join("benches/vs_pytorch/torch_alloc.cpp"))
+        .arg(format!("-I{}", torch_dir.join("include").display()))
+        .arg(format!("-I{}", site.join("nvidia/cu13/include").display()))
+        .arg(format!("-L{}", torch_dir.join("lib").display()))
+        .args(["-lc10_cuda", "-lc10"])
+        .arg(format!("-Wl,-rpath,{}", torch_dir.join("lib").display()))
+        .output()
+        .map_err(|e| format!("cannot run the C++ compiler {cxx}: {e}"))?;
+    if !built.status.success() {
+        let err = String::from_utf8_lossy(&built.stderr);
+        return Err(format!(
+            "compiling the PyTorch harness failed (nvidia-cuda-crt missing? \
+             scripts/install-torch.sh installs it): {}",
+            err.lines().find(|l| l.contains("error")).unwrap_or("")
+        ));
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let ok = Command::new(cargo)
+        .args(["build", "--release", "-q", "-p", "cudalloc-capi"])
+        .current_dir(root())
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !ok.success() {
+        return Err("building libcudalloc.so failed".into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let capi = target.join("release/libcudalloc.so");
+    let standin = Standin::in_temp_dir().map_err(|e| e.to_string())?;
+
+    let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+    cmd.args(std::env::args().skip(1))
+        .env(CHILD, "1")
+        .env("LD_PRELOAD", standin.preload())
+        .env("CUDALLOC_STANDIN_CAPACITY", "64GiB")
+        .env("VS_PYTORCH_HARNESS", &harness)
+        .env("VS_PYTORCH_CAPI", &capi)
+        .env("VS_PYTORCH_TORCH_VERSION", torch_version)
+        .env("CUDALLOC_BACKEND", "sim")
+        .env("CUDALLOC_SIM_CAPACITY", "64GiB")
+        .env_remove("CUDALLOC_CONF")
+        .env_remove("PYTORCH_CUDA_ALLOC_CONF");
+    Ok(cmd)
+}
+
+/// A library opened with `dlopen`, and its functions.
+struct Lib(*mut c_void);
+
+impl Lib {
+    fn open(path: &str) -> Lib {
+        let c = CString::new(path).unwrap();
+        // SAFETY: dlopen with a valid C string; the handle is checked below.
+        let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        if h.is_null() {
+            // SAFETY: dlerror returns a valid C string after a failed dlopen.
+            let e = unsafe { std::ffi::CStr::from_ptr(libc::dlerror()) };
+            panic!("cannot load {path}: {}", e.to_string_lossy());
+        }
+        Lib(h)
+    }
+
+    fn sym(&self, name: &str) -> *mut c_void {
+        let c = CString::new(name).unwrap();
+        // SAFETY: dlsym on a live handle with a valid C string.
+        let f = unsafe { libc::dlsym(self.0, c.as_ptr()) };
+        assert!(!f.is_null(), "{name} is missing");
+        f
+    }
+}
+
+type MallocFn = unsafe extern "C" fn(usize, *mut c_void) -> *mut c_void;
+type FreeFn = unsafe extern "C" fn(*mut c_void);
+type CMallocFn = unsafe extern "C" fn(isize, c_int, *mut c_void) -> *mut c_void;
+type CFreeFn = unsafe extern "C" fn(*mut c_void, isize, c_int, *mut c_void);
+
+/// One allocator under test: a pass over the size mix on a stream.
+trait Engine: Sync {
+    fn pass(&self, sizes: &[u64], stream: usize);
+    /// A stream of its own for thread `i` (0: the default stream).
+    fn stream(&self, i: usize) -> usize;
+}
+
+struct Torch {
+    malloc: MallocFn,
+    free: FreeFn,
+    streams: Vec<usize>,
+}
+
+impl Engine for Torch {
+    fn pass(&self, sizes: &[u64], stream: usize) {
+        for &s in sizes {
+            // SAFETY: the harness's functions take any size and a stream of the device; the
+            // pointer is freed at once and never dereferenced.
+            unsafe {
+                let p = (self.malloc)(s as usize, stream as *mut c_void);
+                assert!(!p.is_null(), "PyTorch's allocator failed");
+                (self.free)(black_box(p));
+            }
+        }
+    }
+    fn stream(&self, i: usize) -> usize {
+        self.streams[i]
+    }
+}
+
+struct CAbi {
+    malloc: CMallocFn,
+    free: CFreeFn,
+}
+
+impl Engine for CAbi {
+    fn pass(&self, sizes: &[u64], stream: usize) {
+        for &s in sizes {
+            // SAFETY: cudalloc_malloc/free as the header declares them; the pointer is freed
+            // at once, with its size, device and stream, and never dereferenced.
+            unsafe {
+                let p = (self.malloc)(s as isize, 0, stream as *mut c_void);
+                assert!(!p.is_null(), "cudalloc_malloc failed");
+                (self.free)(black_box(p), s as isize, 0, stream as *mut c_void);
+            }
+        }
+    }
+    fn stream(&self, i: usize) -> usize {
+        i
+    }
+}
+
+struct RustApi {
+    alloc: CachingAllocator<SimBackend>,
+    streams: Vec<usize>,
+}
+
+impl Engine for RustApi {
+    fn pass(&self, sizes: &[u64], stream: usize) {
+        for &s in sizes {
+            let a = self.alloc.malloc(s, stream as u64).expect("cached malloc");
+            black_box(a.ptr());
+        }
+    }
+    fn stream(&self, i: usize) -> usize {
+        self.streams[i]
+    }
+}
+
+/// Nanoseconds per pair for `threads` threads each doing `reps` passes on its own stream
+/// (for several threads: wall time over all their pairs, so lower is more throughput).
+fn timed(e: &dyn Engine, sizes: &[u64], threads: usize, reps: usize) -> f64 {
+    let barrier = Barrier::new(threads + 1);
+    let elapsed = std::thread::scope(|sc| {
+        for t in 0..threads {
+            let (barrier, stream) = (&barrier, e.stream(t));
+            sc.spawn(move || {
+                barrier.wait();
+                for _ in 0..reps {
+                    e.pass(sizes, stream);
+                }
+                barrier.wait();
+            });
+        }
+        barrier.wait();
+        let t = Instant::now();
+        barrier.wait();
+        t.elapsed()
+    });
+    elapsed.as_nanos() as f64 / (reps * sizes.len() * threads) as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Medians over interleaved rounds (the allocators' order rotates every round).
+fn compare(engines: &[(&str, &dyn Engine)], sizes: &[u64], threads: usize) -> Vec<f64> {
+    for (_, e) in engines {
+        for t in 0..threads {
+            e.pass(sizes, e.stream(t)); // warm the caches on every stream
+        }
+    }
+    // About 20 ms a measurement at the slowest allocator's speed.
+    let probe = engines
+        .iter()
+        .map(|(_, e)| timed(*e, sizes, threads, 3))
+        .fold(0.0, f64::max);
+    let reps = ((20e6 / (probe * (sizes.len() * threads) as f64)) as usize).max(3);
+    let mut samples = vec![Vec::new(); engines.len()];
+    for round in 0..ROUNDS {
+        for k in 0..engines.len() {
+            let i = (round + k) % engines.len();
+            samples[i].push(timed(engines[i].1, sizes, threads, reps));
+        }
+    }
+    samples.into_iter().map(median).collect()
+}
+
+fn child() -> ExitCode {
+    let harness = Lib::open(&std::env::var("VS_PYTORCH_HARNESS").unwrap());
+    let capi = Lib::open(&std::env::var("VS_PYTORCH_CAPI").unwrap());
+    let version = std::env::var("VS_PYTORCH_TORCH_VERSION").unwrap_or_default();
+    // SAFETY: the harness's functions have exactly these signatures (torch_alloc.cpp), and
+    // so do cudalloc's (ffi/include/cudalloc.h).
+    let (torch, cabi, name) = unsafe {
+        let init: unsafe extern "C" fn() -> c_int =
+            std::mem::transmute(harness.sym("torch_alloc_init"));
+        if init() != 0 {
+            eprintln!("vs_pytorch: PyTorch's allocator did not start on the stand-in");
+            return ExitCode::FAILURE;
+        }
+        let stream: unsafe extern "C" fn() -> *mut c_void =
+            std::mem::transmute(harness.sym("torch_alloc_stream"));
+        let name: unsafe extern "C" fn() -> *const c_char =
+            std::mem::transmute(harness.sym("torch_alloc_name"));
+        let torch = Torch {
+            malloc: std::mem::transmute::<*mut c_void, MallocFn>(harness.sym("torch_alloc_malloc")),
+            free: std::mem::transmute::<*mut c_void, FreeFn>(harness.sym("torch_alloc_free")),
+            streams: vec![stream() as usize, stream() as usize],
+        };
+        let cabi = CAbi {
+            malloc: std::mem::transmute::<*mut c_void, CMallocFn>(capi.sym("cudalloc_malloc")),
+            free: std::mem::transmute::<*mut c_void, CFreeFn>(capi.sym("cudalloc_free")),
+        };
+        let name = std::ffi::CStr::from_ptr(name())
+            .to_string_lossy()
+            .into_owned();
+        (torch, cabi, name)
+    };
+    let backend = SimBackend::new(64 << 30).virtual_only().auto_complete();
+    let alloc = CachingAllocator::new(backend, Config::default()).expect("default config");
+    let streams = vec![
+        alloc.backend().create_stream() as usize,
+        alloc.backend().create_stream() as usize,
+    ];
+    let rust = RustApi { alloc, streams };
+    let engines: [(&str, &dyn Engine); 3] = [
+        ("PyTorch raw_alloc_with_stream/raw_delete", &torch),
+        ("cudalloc C ABI (libcudalloc.so)", &cabi),
+        ("cudalloc Rust API", &rust),
+    ];
+    println!(
+        "vs_pytorch: torch {version} ({name} allocator, on the stand-in CUDA) against cudalloc \
+         (simulated backend); medians of {ROUNDS} interleaved rounds"
+    );
+    for (group, small) in [("hotpath", true), ("large", false)] {
+        let (sizes, source) = sizes::mix(small);
+        println!(
+            "vs_pytorch/{group}: {} cached malloc+free pairs per pass, sizes from {source}",
+            sizes.len()
+        );
+        let ns = compare(&engines, &sizes, 1);
+        for ((label, _), t) in engines.iter().zip(&ns) {
+            println!(
+                "  {label:<42} {t:>8.1} ns/pair  {:>5.2}x PyTorch's speed",
+                ns[0] / t
+            );
+        }
+    }
+    let (sizes, _) = sizes::mix(true);
+    println!("vs_pytorch/threads: hotpath pairs, each thread on its own stream (pairs per second)");
+    let one = compare(&engines, &sizes, 1);
+    let two = compare(&engines, &sizes, 2);
+    for (((label, _), a), b) in engines.iter().zip(&one).zip(&two) {
+        println!(
+            "  {label:<42} 1 thread {:>6.1} M/s  2 threads {:>6.1} M/s  ({:.2}x one thread)",
+            1e3 / a,
+            1e3 / b,
+            a / b
+        );
+    }
+    ExitCode::SUCCESS
+}
