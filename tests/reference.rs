@@ -174,3 +174,42 @@ fn the_replay_without_reference_needs_no_python() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["reference"].is_null());
 }
+
+#[test]
+fn cli_standin_writes_the_libraries_and_the_preload_line() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reference-tests/standin");
+    let out = Command::new(env!("CARGO_BIN_EXE_cudalloc"))
+        .arg("standin")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8_lossy(&out.stdout);
+    let libs = ["libcudart.so.13", "libcuda.so.1", "libnvidia-ml.so.1"];
+    let expect: Vec<String> = libs
+        .iter()
+        .map(|l| dir.join(l).display().to_string())
+        .collect();
+    assert_eq!(line.trim(), format!("LD_PRELOAD={}", expect.join(":")));
+    for l in libs.iter().chain(&["libcuda.so"]) {
+        assert!(dir.join(l).exists(), "{l}");
+    }
+    // The runtime's symbols are under the version node the PyTorch wheel asks for.
+    let nm = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(dir.join("libcudart.so.13"))
+        .output();
+    if let Ok(nm) = nm {
+        let syms = String::from_utf8_lossy(&nm.stdout);
+        for s in [
+            "cudaMalloc",
+            "cudaGetDriverEntryPointByVersion",
+            "__cudaRegisterFatBinary",
+        ] {
+            assert!(
+                syms.contains(&format!(" {s}@@libcudart.so.13")),
+                "{s}:\n{syms}"
+            );
+        }
+    }
+}

@@ -176,8 +176,9 @@ EXPORT cudaError_t cudaDeviceCanAccessPeer(int *can, int d, int peer) {
     return cudaSuccess;
 }
 
-/* CUDA 13's struct cudaDeviceProp, field for field (the layout is the ABI; a test compares
- * it with the real header's where that is installed). */
+/* CUDA 13's struct cudaDeviceProp, field for field: the layout is the ABI (the real-PyTorch
+ * tests read fields from both ends of it through torch, which was compiled against the real
+ * header). */
 struct standin_device_prop {
     char name[256];
     unsigned char uuid[16];
@@ -219,19 +220,6 @@ struct standin_device_prop {
     unsigned gpuPciDeviceID, gpuPciSubsystemID;
     int hostNumaMultinodeIpcSupported, reserved[56];
 };
-/* For the layout test: the size and a few offsets, as the real header gives them. */
-EXPORT size_t standin_device_prop_layout(int which) {
-    switch (which) {
-    case 0: return sizeof(struct standin_device_prop);
-    case 1: return offsetof(struct standin_device_prop, totalGlobalMem);
-    case 2: return offsetof(struct standin_device_prop, major);
-    case 3: return offsetof(struct standin_device_prop, multiProcessorCount);
-    case 4: return offsetof(struct standin_device_prop, l2CacheSize);
-    case 5: return offsetof(struct standin_device_prop, sharedMemPerBlockOptin);
-    case 6: return offsetof(struct standin_device_prop, hostNumaMultinodeIpcSupported);
-    default: return 0;
-    }
-}
 EXPORT cudaError_t cudaGetDeviceProperties(struct standin_device_prop *p, int d);
 EXPORT cudaError_t cudaGetDeviceProperties_v2(struct standin_device_prop *p, int d) {
     return cudaGetDeviceProperties(p, d);

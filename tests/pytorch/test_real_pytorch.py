@@ -55,7 +55,13 @@ class StandinDevice(unittest.TestCase):
         props = torch.cuda.get_device_properties(0)
         self.assertIn("stand-in", props.name)
         self.assertEqual(props.total_memory, CAPACITY)
+        # Fields from the start, middle and end of struct cudaDeviceProp, read by torch (built
+        # against the real header) from the stand-in's own declaration of it.
         self.assertEqual((props.major, props.minor), (9, 0))
+        self.assertEqual(props.multi_processor_count, 132)
+        self.assertEqual(props.L2_cache_size, 50 * MIB)
+        self.assertEqual(props.max_threads_per_multi_processor, 2048)
+        self.assertEqual(props.shared_memory_per_block_optin, 232448)
         free, total = torch.cuda.mem_get_info()
         self.assertEqual(total, CAPACITY)
         self.assertLessEqual(free, total)

@@ -29,6 +29,13 @@ enum Cmd {
     /// Replay allocation traces (PyTorch memory snapshots, the project's CSV, RMM logs) on a
     /// simulated device and compare what cudalloc reserves with what PyTorch reserved.
     Replay(ReplayArgs),
+    /// Write the stand-in CUDA (a libcudart.so.13, libcuda.so.1 and libnvidia-ml.so.1 over
+    /// one device with no compute) into a folder and print the LD_PRELOAD line that runs the
+    /// PyTorch CUDA wheel on it, on a machine with no GPU.
+    Standin {
+        /// The folder (default: one in the system's temporary directory).
+        dir: Option<PathBuf>,
+    },
     /// Run a short training-like workload on a simulated device and print the memory
     /// summary.
     Demo {
@@ -381,6 +388,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res: Result<(), Box<dyn std::error::Error>> = match cli.cmd {
         Cmd::Replay(args) => replay(args),
+        Cmd::Standin { dir } => standin(dir),
         Cmd::Demo {
             conf,
             capacity_gib,
@@ -394,6 +402,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn standin(dir: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
+    use cudalloc::standin::Standin;
+    let s = match dir {
+        Some(d) => Standin::install(&d)?,
+        None => Standin::in_temp_dir()?,
+    };
+    println!("LD_PRELOAD={}", s.preload().to_string_lossy());
+    eprintln!(
+        "cudalloc: stand-in CUDA written to {}; set CUDALLOC_STANDIN_CAPACITY (e.g. 24GiB, \
+         default 1GiB) for the device's memory",
+        s.dir().display()
+    );
+    Ok(())
 }
 
 fn config(conf: Option<String>) -> Result<Config, cudalloc::Error> {
