@@ -304,13 +304,14 @@ fn print_table(reports: &[ReplayReport]) {
         if let Some(p) = &r.reference {
             println!(
                 "  PyTorch {}'s own allocator, same events and settings: {}  (+{:.1} % over the \
-                 bound; cudalloc {})  device allocs: {}  OOMs: {}",
+                 bound; cudalloc {})  device allocs: {}  OOMs: {}  ({:.2} M events/s)",
                 p.torch_version,
                 mib(p.peak_reserved),
                 ReplayReport::overhead_pct(p.peak_reserved, lower),
                 versus(r.peak_reserved, p.peak_reserved),
                 p.device_allocs,
                 p.ooms,
+                p.events_per_second() / 1e6,
             );
         }
         println!(
