@@ -72,14 +72,7 @@ fn main() -> ExitCode {
 /// Find torch, build the harness and the C library, and return the command that reruns this
 /// benchmark with everything in place.
 fn prepare() -> Result<Command, String> {
-    let python = std::env::var_os("CUDALLOC_PYTHON")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            let venv = root().join(".venv/bin/python");
-            venv.exists().then_some(venv)
-        })
-        .unwrap_or_else(|| "python3".into());
+    let python = PathBuf::from(cudalloc::reference::project_python(root()));
     let out = Command::new(&python)
         .args([
             "-c",

@@ -16,14 +16,7 @@ fn root() -> &'static Path {
 
 /// The interpreter with torch, if there is one; why not, otherwise.
 fn python_with_torch() -> Result<PathBuf, String> {
-    let python = std::env::var_os("CUDALLOC_PYTHON")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| {
-            let venv = root().join(".venv/bin/python");
-            venv.exists().then_some(venv)
-        })
-        .unwrap_or_else(|| "python3".into());
+    let python = PathBuf::from(cudalloc::reference::project_python(root()));
     let out = Command::new(&python)
         .args([
             "-c",

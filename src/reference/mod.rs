@@ -86,6 +86,22 @@ pub fn default_python() -> OsString {
         .unwrap_or_else(|| "python3".into())
 }
 
+/// The interpreter a project's tests and benchmarks use: `CUDALLOC_PYTHON`, else the
+/// `.venv/bin/python` that `scripts/install-torch.sh` makes under `root`, else `python3`.
+pub fn project_python(root: &std::path::Path) -> OsString {
+    match std::env::var_os("CUDALLOC_PYTHON").filter(|p| !p.is_empty()) {
+        Some(p) => p,
+        None => {
+            let venv = root.join(".venv/bin/python");
+            if venv.exists() {
+                venv.into_os_string()
+            } else {
+                "python3".into()
+            }
+        }
+    }
+}
+
 /// `PYTORCH_CUDA_ALLOC_CONF` for a configuration: its keys, with `expandable_segments` always
 /// explicit (so PyTorch's own default never decides it).
 pub fn pytorch_conf(config: &Config) -> String {
