@@ -21,7 +21,8 @@ use crate::error::{BackendError, Error, Result};
 use crate::history::{Action, Entry, History};
 use crate::oom::OomError;
 use crate::policy::{
-    BlockId, BlockState, PoolKind, ReleasedSegment, Request, SegmentInfo, StreamPools,
+    BlockId, BlockState, Completed, FreeOutcome, PoolKind, ReleasedSegment, Request, SegmentInfo,
+    StreamPools, Tracking,
 };
 use crate::stats::{self, BlockStats, MemoryStats, SegmentStats};
 
@@ -727,9 +728,9 @@ impl<B: Backend> CachingAllocator<B> {
             if !self.backend.query_event(dev.index, ev)? {
                 break;
             }
-            if let Some((_, Some((addr, size)))) = g.complete_oldest_pending() {
+            if let Some(Completed { freed: Some(f), .. }) = g.complete_oldest_pending() {
                 dev.history
-                    .record(Action::FreeCompleted, addr, size, g.stream());
+                    .record(Action::FreeCompleted, f.addr, f.requested, g.stream());
             }
             self.backend.release_event(dev.index, ev);
         }
@@ -740,9 +741,9 @@ impl<B: Backend> CachingAllocator<B> {
     fn sync_events(&self, dev: &Device, g: &mut StreamPools) -> Result<()> {
         while let Some(ev) = g.oldest_pending() {
             self.backend.synchronize_event(dev.index, ev)?;
-            if let Some((_, Some((addr, size)))) = g.complete_oldest_pending() {
+            if let Some(Completed { freed: Some(f), .. }) = g.complete_oldest_pending() {
                 dev.history
-                    .record(Action::FreeCompleted, addr, size, g.stream());
+                    .record(Action::FreeCompleted, f.addr, f.requested, g.stream());
             }
             self.backend.release_event(dev.index, ev);
         }
@@ -841,36 +842,39 @@ impl<B: Backend> CachingAllocator<B> {
         let (addr, size) = (g.block_addr(block), g.block_requested(block));
         dev.history
             .record(Action::FreeRequested, addr, size, shard.stream);
-        let n = g.free(block, &self.config);
+        let n = g.stream_uses(block).len();
         if n == 0 {
+            g.free(block, &self.config, Tracking::NONE);
             dev.history
                 .record(Action::FreeCompleted, addr, size, shard.stream);
             return Ok(());
         }
+        let mut events = Vec::with_capacity(n);
         let mut failed = None;
-        for k in 0..n {
-            let s = g.stream_use(block, k);
+        for &s in g.stream_uses(block) {
             match self.backend.record_event(dev.index, s) {
-                Ok(ev) => g.add_pending_event(block, ev),
+                Ok(ev) => events.push(ev),
                 Err(e) => {
                     failed.get_or_insert(e);
                 }
             }
         }
-        if let Some(e) = failed {
-            // Could not mark the other stream's progress: wait for the whole device
-            // instead, so the block is safe to reuse. If even that fails, nothing says the
-            // other stream is done with it: the block is never reused (kept pending).
-            if self.backend.synchronize_device(dev.index).is_err() {
-                g.quarantine(block);
-                return Err(Error::Backend(e));
-            }
-        }
-        if g.finish_free(block) {
+        // Could not mark some other stream's progress: wait for the whole device instead, so
+        // the block is safe to reuse. If even that fails, nothing says the other stream is
+        // done with it: the block is never reused.
+        let untracked = failed.is_some() && self.backend.synchronize_device(dev.index).is_err();
+        let tracking = Tracking {
+            events: &events,
+            untracked,
+        };
+        if g.free(block, &self.config, tracking) == FreeOutcome::Cached {
             dev.history
                 .record(Action::FreeCompleted, addr, size, shard.stream);
         }
-        Ok(())
+        match failed {
+            Some(e) if untracked => Err(Error::Backend(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Start (or stop) recording the event history of every device, keeping at most

@@ -270,6 +270,40 @@ fn a_block_whose_other_stream_cannot_be_tracked_is_never_reused() {
     alloc.check_invariants().unwrap();
 }
 
+#[test]
+fn a_quarantined_block_stays_out_when_its_recorded_events_complete() {
+    // Used on two other streams: the event records on one, fails on the other, and the
+    // device cannot be synchronized either. The recorded event completing must not bring the
+    // block back: nothing says the second stream is done with it.
+    let backend = Faulty {
+        fail_record_on: Some(3),
+        fail_sync: true,
+        ..Faulty::new()
+    };
+    let alloc = CachingAllocator::new(backend, Config::default()).unwrap();
+    let a = alloc.malloc(MIB, 1).unwrap();
+    let addr = a.ptr();
+    a.record_stream(2);
+    a.record_stream(3);
+    assert!(a.free().is_err(), "the failure is reported");
+    alloc.check_invariants().unwrap();
+    alloc.backend().sim.complete_all();
+    // Completed events are processed by allocations and by empty_cache.
+    let _ = alloc.empty_cache(None);
+    alloc.check_invariants().unwrap();
+    for _ in 0..4 {
+        let b = alloc.malloc(MIB, 1).unwrap();
+        assert_ne!(b.ptr(), addr, "reused although stream 3 may still use it");
+        std::mem::forget(b);
+    }
+    let st = alloc.memory_stats(0).unwrap();
+    assert_eq!(
+        st.blocks.active[0].current, 5,
+        "the quarantined block stays active"
+    );
+    alloc.check_invariants().unwrap();
+}
+
 /// The simulator behind a backend that fails on demand, with no virtual-memory support.
 struct Faulty {
     sim: SimBackend,
@@ -277,6 +311,10 @@ struct Faulty {
     fail_queries_on: Option<u64>,
     /// `record_event` and `synchronize_device` fail.
     fail_record_and_sync: bool,
+    /// `record_event` fails on this stream only.
+    fail_record_on: Option<u64>,
+    /// `synchronize_device` fails.
+    fail_sync: bool,
     event_streams: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
 }
 
@@ -286,6 +324,8 @@ impl Faulty {
             sim: SimBackend::new(1 << 30),
             fail_queries_on: None,
             fail_record_and_sync: false,
+            fail_record_on: None,
+            fail_sync: false,
             event_streams: Default::default(),
         }
     }
@@ -313,7 +353,7 @@ impl cudalloc::Backend for Faulty {
         self.sim.mem_info(d)
     }
     fn record_event(&self, d: usize, s: u64) -> Result<u64, BackendError> {
-        if self.fail_record_and_sync {
+        if self.fail_record_and_sync || self.fail_record_on == Some(s) {
             return Err(injected("record"));
         }
         let e = self.sim.record_event(d, s)?;
@@ -334,7 +374,7 @@ impl cudalloc::Backend for Faulty {
         self.sim.release_event(d, e)
     }
     fn synchronize_device(&self, d: usize) -> Result<(), BackendError> {
-        if self.fail_record_and_sync {
+        if self.fail_record_and_sync || self.fail_sync {
             return Err(injected("sync"));
         }
         self.sim.synchronize_device(d)

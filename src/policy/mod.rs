@@ -351,6 +351,54 @@ pub struct ReleasedSegment {
     pub stream: StreamId,
 }
 
+/// How the front followed the work that other streams may still do on a block it frees
+/// (see [`StreamPools::free`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Tracking<'a> {
+    /// Events recorded on those streams, one per stream whose recording succeeded.
+    pub events: &'a [EventId],
+    /// Some stream's work cannot be followed: its event could not be recorded and the device
+    /// could not be synchronized either. The block is then never reused.
+    pub untracked: bool,
+}
+
+impl Tracking<'_> {
+    /// Nothing to wait for: no other stream used the block (or the device was synchronized).
+    pub const NONE: Tracking<'static> = Tracking {
+        events: &[],
+        untracked: false,
+    };
+}
+
+/// What became of a freed block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreeOutcome {
+    /// Back in the cache.
+    Cached,
+    /// Waiting for events on other streams.
+    Pending,
+    /// Never to be reused (see [`Tracking::untracked`]).
+    Quarantined,
+}
+
+/// A block that went back to the cache (from [`StreamPools::complete_oldest_pending`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freed {
+    /// Its address.
+    pub addr: u64,
+    /// The bytes its caller had asked for.
+    pub requested: u64,
+}
+
+/// An outstanding event that completed (from [`StreamPools::complete_oldest_pending`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completed {
+    /// The event, for the front to release.
+    pub event: EventId,
+    /// The block that went back to the cache with it, if any.
+    pub freed: Option<Freed>,
+}
+
 /// Everything one stream of one device holds.
 #[derive(Debug)]
 pub struct StreamPools {
@@ -840,63 +888,44 @@ impl StreamPools {
         }
     }
 
-    /// The caller frees allocated block `id`. Returns how many other streams the block was
-    /// used on (see [`StreamPools::stream_use`]): the front records an event on each, passes
-    /// it to [`StreamPools::add_pending_event`], then calls [`StreamPools::finish_free`].
-    /// With 0 the block is back in the cache when this returns.
-    pub fn free(&mut self, id: BlockId, cfg: &Config) -> usize {
+    /// The other streams that used allocated block `id` (`record_stream`): before freeing
+    /// it, the front records an event on each and passes them to [`StreamPools::free`].
+    #[inline]
+    pub fn stream_uses(&self, id: BlockId) -> &[StreamId] {
+        &self.blocks[id.0 as usize].stream_uses
+    }
+
+    /// The caller frees allocated block `id`, with `tracking` saying how the work of the
+    /// other streams that used it ([`StreamPools::stream_uses`]) is followed. The block is
+    /// back in the cache at once when nothing is to be waited for, waits for the events
+    /// otherwise, and is never reused when some stream's work could not be tracked at all.
+    pub fn free(&mut self, id: BlockId, cfg: &Config, tracking: Tracking<'_>) -> FreeOutcome {
         let i = id.0;
         let pool = self.block_pool(id);
         let b = &mut self.blocks[i as usize];
         debug_assert_eq!(b.state, BlockState::Allocated);
         let size = b.size;
+        b.stream_uses.clear();
         let st = &mut self.stats;
         stats::decrease(&mut st.allocation, pool, 1);
         stats::decrease(&mut st.allocated_bytes, pool, size);
         if size >= cfg.max_split_size {
             st.oversize_allocations.decrease(1);
         }
-        let n = self.blocks[i as usize].stream_uses.len();
-        if n == 0 {
+        if tracking.events.is_empty() && !tracking.untracked {
             self.return_block(i);
+            return FreeOutcome::Cached;
+        }
+        let b = &mut self.blocks[i as usize];
+        b.state = BlockState::Pending;
+        b.quarantined = tracking.untracked;
+        b.pending_events = tracking.events.len() as u32;
+        self.pending.extend(tracking.events.iter().map(|&e| (e, i)));
+        if tracking.untracked {
+            FreeOutcome::Quarantined
         } else {
-            self.blocks[i as usize].state = BlockState::Pending;
+            FreeOutcome::Pending
         }
-        n
-    }
-
-    /// The `k`-th other stream that used block `id` (see [`StreamPools::free`]).
-    #[inline]
-    pub fn stream_use(&self, id: BlockId, k: usize) -> StreamId {
-        self.blocks[id.0 as usize].stream_uses[k]
-    }
-
-    /// An event was recorded for pending block `id`.
-    pub fn add_pending_event(&mut self, id: BlockId, event: EventId) {
-        self.blocks[id.0 as usize].pending_events += 1;
-        self.pending.push_back((event, id.0));
-    }
-
-    /// After [`StreamPools::free`] returned streams and their events were added: forget the
-    /// stream list; a block that got no event (recording failed and the front waited
-    /// instead) returns to the cache now.
-    /// Returns whether the block went back to the cache.
-    pub fn finish_free(&mut self, id: BlockId) -> bool {
-        let b = &mut self.blocks[id.0 as usize];
-        b.stream_uses.clear();
-        if b.pending_events == 0 {
-            self.return_block(id.0);
-            return true;
-        }
-        false
-    }
-
-    /// Keep pending block `id` out of use for good (see the allocator's free path): its
-    /// other streams' work cannot be tracked.
-    pub fn quarantine(&mut self, id: BlockId) {
-        let b = &mut self.blocks[id.0 as usize];
-        b.quarantined = true;
-        b.stream_uses.clear();
     }
 
     /// The oldest outstanding event, if any.
@@ -906,18 +935,23 @@ impl StreamPools {
     }
 
     /// The oldest outstanding event completed: drop it; its block returns to the cache if it
-    /// was the block's last. Returns the event (for the front to release) and, when the block
-    /// went back to the cache, its address and requested size.
-    pub fn complete_oldest_pending(&mut self) -> Option<(EventId, Option<(u64, u64)>)> {
-        let (ev, i) = self.pending.pop_front()?;
+    /// was the block's last and the block is not quarantined.
+    pub fn complete_oldest_pending(&mut self) -> Option<Completed> {
+        let (event, i) = self.pending.pop_front()?;
         let b = &mut self.blocks[i as usize];
         b.pending_events -= 1;
-        if b.pending_events == 0 {
-            let freed = (b.addr, b.requested);
+        if b.pending_events == 0 && !b.quarantined {
+            let freed = Freed {
+                addr: b.addr,
+                requested: b.requested,
+            };
             self.return_block(i);
-            return Some((ev, Some(freed)));
+            return Some(Completed {
+                event,
+                freed: Some(freed),
+            });
         }
-        Some((ev, None))
+        Some(Completed { event, freed: None })
     }
 
     /// Every outstanding event, oldest first (for synchronizing them all).

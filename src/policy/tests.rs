@@ -56,10 +56,10 @@ fn small_segment_is_split_and_coalesced() {
     let b = p.try_alloc(&req(4096), &c).expect("fits in the remainder");
     assert_eq!(p.block_addr(b), 0x1000_0000 + 1024);
     p.check_invariants(&c).unwrap();
-    assert_eq!(p.free(a, &c), 0);
+    assert_eq!(p.free(a, &c, Tracking::NONE), FreeOutcome::Cached);
     p.check_invariants(&c).unwrap();
     assert_eq!(p.stats().inactive_split[0].current, 2);
-    assert_eq!(p.free(b, &c), 0);
+    assert_eq!(p.free(b, &c, Tracking::NONE), FreeOutcome::Cached);
     p.check_invariants(&c).unwrap();
     // Fully coalesced: one whole free block, not split.
     assert_eq!(p.stats().inactive_split[0].current, 0);
@@ -81,7 +81,7 @@ fn best_fit_picks_smallest_sufficient_block() {
     let b = p.add_segment_and_alloc(0x2_0000_0000, 16 * MIB, &req(16 * MIB), &c);
     let d = p.add_segment_and_alloc(0x3_0000_0000, 14 * MIB, &req(14 * MIB), &c);
     for x in [a, b, d] {
-        p.free(x, &c);
+        p.free(x, &c, Tracking::NONE);
     }
     let e = p.try_alloc(&req(13 * MIB), &c).unwrap();
     assert_eq!(p.block_addr(e), 0x3_0000_0000, "14 MiB is the best fit");
@@ -108,7 +108,7 @@ fn max_split_size_rules() {
     c.max_split_size = 40 * MIB;
     let mut p = StreamPools::new(0);
     let big = p.add_segment_and_alloc(0x1_0000_0000, 64 * MIB, &Request::new(64 * MIB, &c), &c);
-    p.free(big, &c);
+    p.free(big, &c, Tracking::NONE);
     // A request below max_split never takes an oversize block.
     assert!(p.try_alloc(&Request::new(30 * MIB, &c), &c).is_none());
     // An oversize request takes it only if it wastes < 20 MiB.
@@ -129,10 +129,13 @@ fn stream_uses_hold_block_until_events_complete() {
     p.record_stream(a, 7); // own stream: ignored
     p.record_stream(a, 9);
     p.record_stream(a, 9);
-    assert_eq!(p.free(a, &c), 1);
-    assert_eq!(p.stream_use(a, 0), 9);
-    p.add_pending_event(a, 42);
-    p.finish_free(a);
+    assert_eq!(p.stream_uses(a), &[9]);
+    let events = [42];
+    let tracking = Tracking {
+        events: &events,
+        untracked: false,
+    };
+    assert_eq!(p.free(a, &c, tracking), FreeOutcome::Pending);
     assert_eq!(p.block_state(a), Some(BlockState::Pending));
     // Still active, not allocated.
     assert_eq!(p.stats().allocation[0].current, 1);
@@ -145,7 +148,13 @@ fn stream_uses_hold_block_until_events_complete() {
     assert_eq!(p.oldest_pending(), Some(42));
     assert_eq!(
         p.complete_oldest_pending(),
-        Some((42, Some((0x1000_0000, MIB))))
+        Some(Completed {
+            event: 42,
+            freed: Some(Freed {
+                addr: 0x1000_0000,
+                requested: MIB
+            })
+        })
     );
     assert_eq!(p.block_state(a), Some(BlockState::Free));
     assert_eq!(p.stats().active[0].current, 1);
@@ -159,11 +168,11 @@ fn gc_candidates_age_with_lookups() {
     let mut p = StreamPools::new(0);
     let a = p.add_segment_and_alloc(0x1_0000_0000, 20 * MIB, &req(20 * MIB), &c);
     let b = p.add_segment_and_alloc(0x2_0000_0000, 22 * MIB, &req(22 * MIB), &c);
-    p.free(a, &c);
+    p.free(a, &c, Tracking::NONE);
     for _ in 0..5 {
         let _ = p.try_alloc(&req(100 * MIB), &c);
     }
-    p.free(b, &c);
+    p.free(b, &c, Tracking::NONE);
     let mut cands = p.gc_candidates();
     cands.sort();
     assert_eq!(cands.len(), 2);
@@ -223,8 +232,8 @@ mod expandable {
             })
             .collect();
         assert_eq!(p.mapped_bytes(), 16 * MIB);
-        p.free(ids[1], &c);
-        p.free(ids[2], &c);
+        p.free(ids[1], &c, Tracking::NONE);
+        p.free(ids[2], &c, Tracking::NONE);
         p.check_invariants(&c).unwrap();
         let plans = p.plan_unmap(G);
         assert_eq!(plans.len(), 1);
@@ -241,8 +250,8 @@ mod expandable {
         let plan = p.plan_map(&Request::new(6 * MIB, &c), G).unwrap();
         assert_eq!(plan.addr, 0x10_0000_0000 + 4 * MIB);
         // Everything free and unmapped: the segment can be released.
-        p.free(ids[0], &c);
-        p.free(ids[3], &c);
+        p.free(ids[0], &c, Tracking::NONE);
+        p.free(ids[3], &c, Tracking::NONE);
         for plan in p.plan_unmap(G) {
             p.commit_unmap(plan);
         }
@@ -262,7 +271,7 @@ mod expandable {
         let a = p.commit_map(p.plan_map(&r, G).unwrap(), &r, &c);
         let b = p.try_alloc(&Request::new(MIB + 512, &c), &c).unwrap();
         assert_eq!(p.block_addr(b), 0x10_0000_0000 + 2 * MIB + 512);
-        p.free(a, &c);
+        p.free(a, &c, Tracking::NONE);
         // [0, 2 MiB + 512) free, then the live block on page 1: only page 0 unmaps.
         let plans = p.plan_unmap(G);
         assert_eq!(plans.len(), 1);
@@ -281,7 +290,7 @@ mod expandable {
         let y = p.commit_map(p.plan_map(&r, G).unwrap(), &r, &c);
         let z = p.commit_map(p.plan_map(&r, G).unwrap(), &r, &c);
         assert_eq!(p.block_addr(z), 0x10_0000_0000 + 6 * MIB);
-        p.free(y, &c);
+        p.free(y, &c, Tracking::NONE);
         // y's whole page [4, 6) MiB is unmapped; [3, 4) MiB stays mapped free.
         for plan in p.plan_unmap(G) {
             p.commit_unmap(plan);
@@ -294,7 +303,7 @@ mod expandable {
         assert_eq!(p.block_addr(w), 0x10_0000_0000 + 3 * MIB);
         p.check_invariants(&c).unwrap();
         // Free x: page [0, 2) MiB unmaps, [2, 3) MiB stays mapped free *after* the hole.
-        p.free(x, &c);
+        p.free(x, &c, Tracking::NONE);
         for plan in p.plan_unmap(G) {
             p.commit_unmap(plan);
         }
@@ -316,7 +325,7 @@ mod expandable {
         c.max_split_size = 40 * MIB;
         let big = Request::new(64 * MIB, &c);
         let x = p.commit_map(p.plan_map(&big, G).unwrap(), &big, &c);
-        p.free(x, &c);
+        p.free(x, &c, Tracking::NONE);
         // A small request may use (and split) the large free block.
         let y = p.try_alloc(&Request::new(30 * MIB, &c), &c).unwrap();
         assert_eq!(p.block_size(y), 30 * MIB);
@@ -332,7 +341,7 @@ mod expandable {
         let r = Request::new(MIB + 512, &c);
         let b = p.commit_map(p.plan_map(&r, G).unwrap(), &r, &c);
         assert_eq!(p.block_addr(b), base + 5 * MIB + MIB / 2);
-        p.free(a, &c);
+        p.free(a, &c, Tracking::NONE);
         // 1.5 MiB does not fit in what b left free on page 3. Best fit at the start of
         // [0, 5.5) MiB would pin page 0; its end fits on page 2, which b keeps mapped anyway.
         let x = p.try_alloc(&Request::new(MIB + MIB / 2, &c), &c).unwrap();
@@ -344,7 +353,7 @@ mod expandable {
         p.commit_unmap(plans[0]);
         p.check_invariants(&c).unwrap();
         // A free block that starts inside a page a live block uses is used from its start.
-        p.free(b, &c);
+        p.free(b, &c, Tracking::NONE);
         let y = p.try_alloc(&Request::new(MIB + 512, &c), &c).unwrap();
         assert_eq!(p.block_addr(y), base + 5 * MIB + MIB / 2);
         p.check_invariants(&c).unwrap();
@@ -380,10 +389,10 @@ mod expandable {
         let t = p.try_alloc(&small, &c).unwrap();
         assert_eq!(p.block_pool(t), PoolKind::Small);
         // Freed, the borrowed block goes back to the large pool's free space.
-        p.free(s, &c);
+        p.free(s, &c, Tracking::NONE);
         p.check_invariants(&c).unwrap();
         assert_eq!(p.stats().allocated_bytes[2].current as u64, 3 * MIB);
-        p.free(big, &c);
+        p.free(big, &c, Tracking::NONE);
         for plan in p.plan_unmap(G) {
             p.commit_unmap(plan);
         }
@@ -400,12 +409,12 @@ mod expandable {
         let r7 = Request::new(7 * MIB - 512, &c);
         let f = p.commit_map(p.plan_map(&r7, G).unwrap(), &r7, &c);
         assert_eq!(p.mapped_bytes(), 8 * MIB);
-        p.free(f, &c);
+        p.free(f, &c, Tracking::NONE);
         // Two pages: right after a they would span pages 0..=2 and keep page 0 mapped once a
         // is freed; aligned on page 1 they span only their own two.
         let w = p.try_alloc(&Request::new(2 * G, &c), &c).unwrap();
         assert_eq!(p.block_addr(w), base + G);
-        p.free(a, &c);
+        p.free(a, &c, Tracking::NONE);
         let plans = p.plan_unmap(G);
         assert_eq!(
             plans.iter().map(|u| (u.addr, u.len)).collect::<Vec<_>>(),
@@ -444,7 +453,7 @@ mod expandable {
             for (kind, units, pick) in ops {
                 if kind == 0 && !live.is_empty() {
                     let id = live.swap_remove(pick as usize % live.len());
-                    p.free(id, &c);
+                    p.free(id, &c, Tracking::NONE);
                     continue;
                 }
                 let r = Request::new(units * 512, &c);
