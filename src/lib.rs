@@ -22,6 +22,7 @@ pub mod backend;
 pub mod config;
 pub mod error;
 pub mod history;
+pub mod ids;
 pub mod oom;
 pub mod policy;
 pub mod reference;

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::policy::PoolKind;
+use crate::ids::PoolKind;
 
 /// One statistic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -15,13 +15,7 @@ pub use sim::{SimBackend, SimCounts};
 
 use crate::error::BackendError;
 
-/// A stream handle. For CUDA this is the raw `CUstream` value (0 is the legacy default
-/// stream); for the simulator, an id from [`SimBackend::create_stream`] or any value the
-/// caller chooses.
-pub type StreamId = u64;
-
-/// An event handle, as returned by [`Backend::record_event`].
-pub type EventId = u64;
+pub use crate::ids::{EventId, StreamId};
 
 /// Free and total memory of a device, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

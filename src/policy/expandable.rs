@@ -1,0 +1,447 @@
+//! Expandable segments: one reserved address range per pool whose pages are mapped as
+//! needed — page-aware placement of requests, planning and committing maps and unmaps.
+//! It never calls the driver: it plans, the front maps, then it commits.
+
+use super::*;
+
+/// How many free blocks, smallest first, the page-aware placement of expandable segments
+/// looks at before it settles for the best seen.
+pub const PLACEMENT_CANDIDATES: usize = 64;
+
+/// A range of an expandable segment to map (from [`StreamPools::plan_map`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapPlan {
+    /// Start (page-aligned).
+    pub addr: u64,
+    /// Length (whole pages).
+    pub len: u64,
+}
+
+/// A range of free pages to unmap (from [`StreamPools::plan_unmap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnmapPlan {
+    pub(super) block: u32,
+    /// Pool of the segment.
+    pub pool: PoolKind,
+    /// Start (page-aligned).
+    pub addr: u64,
+    /// Length (whole pages).
+    pub len: u64,
+}
+
+impl StreamPools {
+    /// How many pages of `[a, a + r)` no live block touches, for a placement inside the
+    /// free mapped block `[s, e)` of an expandable segment. A free mapped block that starts
+    /// or ends inside a page shares that page with the allocated block next to it (unmapped
+    /// ranges are whole pages), so a placement reaching into it costs no page.
+    pub(super) fn new_pages(&self, s: u64, e: u64, a: u64, r: u64) -> u64 {
+        let g = self.granularity;
+        let (first, last) = (a / g, (a + r - 1) / g);
+        let shared_first = !s.is_multiple_of(g) && first == s / g;
+        let shared_last = !e.is_multiple_of(g) && last == (e - 1) / g;
+        let mut n = last - first + 1;
+        if shared_first {
+            n -= 1;
+        }
+        if shared_last && !(shared_first && first == last) {
+            n -= 1;
+        }
+        n
+    }
+
+    /// Page-aware placement in the expandable segments. Fixed segments waste what their
+    /// blocks leave free; an expandable segment's fully free pages go back to the driver, so
+    /// what it wastes is the free bytes of pages that live blocks still touch. The request
+    /// therefore goes where it touches the fewest pages no live block uses; then, if it is
+    /// a whole number of pages, where it spans no more pages than that (aligned, it pins no
+    /// extra page once its neighbours are freed; other sizes pack best end to end); then
+    /// into the smaller free block, then at the lower address. It is placed at the start or
+    /// the end of a free block, or at its first or last page boundary; the scan, smallest
+    /// blocks first, stops at the first placement that costs no page or after
+    /// [`PLACEMENT_CANDIDATES`] blocks. When the request's own pool can only place it on an
+    /// untouched page, a placement that costs none in the other pool's expandable segment
+    /// is taken instead: both pools map the same pages, and the block then counts in the
+    /// pool of the segment that holds it. Returns the block and the address to place at.
+    pub(super) fn find_free_paged(&self, req: &Request) -> Option<(u32, u64)> {
+        let own = self.find_free_paged_in(req, req.pool);
+        if own.is_none_or(|(n, _, _)| n > 0)
+            && let Some((0, i, at)) = self.find_free_paged_in(req, req.pool.other())
+        {
+            return Some((i, at));
+        }
+        own.map(|(_, i, at)| (i, at))
+    }
+
+    /// For a request of whole pages, the pages `[a, a + r)` spans (one more than it needs
+    /// unless aligned: such a block then keeps a page mapped for its neighbours' sake after
+    /// they are freed); 0 for other sizes, whose blocks pack best end to end.
+    pub(super) fn aligned_span(&self, a: u64, r: u64) -> u64 {
+        let g = self.granularity;
+        if r.is_multiple_of(g) {
+            (a + r - 1) / g - a / g + 1
+        } else {
+            0
+        }
+    }
+
+    /// Where `r` bytes may go inside the free block `[s, e)`: its start, its end, and its
+    /// first and last page boundaries.
+    pub(super) fn placements(&self, s: u64, e: u64, r: u64) -> [Option<u64>; 4] {
+        let g = self.granularity;
+        let up = s.div_ceil(g) * g;
+        let down = e / g * g;
+        [
+            Some(s),
+            Some(e - r),
+            (up + r <= e).then_some(up),
+            (down >= s + r).then(|| down - r),
+        ]
+    }
+
+    /// [`Self::find_free_paged`] within the expandable segment of `pool`: (new pages, block,
+    /// address).
+    pub(super) fn find_free_paged_in(
+        &self,
+        req: &Request,
+        pool: PoolKind,
+    ) -> Option<(u64, u32, u64)> {
+        let r = req.rounded;
+        let seg = self.expandable[pool.idx()]?;
+        let mut best: Option<((u64, u64, u64, u64), u32)> = None;
+        let mut consider = |i: u32| -> bool {
+            let b = &self.blocks[i as usize];
+            if b.seg != seg || b.size < r {
+                return false;
+            }
+            let (s, e) = (b.addr, b.addr + b.size);
+            for a in self.placements(s, e, r).into_iter().flatten() {
+                let key = (
+                    self.new_pages(s, e, a, r),
+                    self.aligned_span(a, r),
+                    b.size,
+                    a,
+                );
+                if best.is_none_or(|(k, _)| key < k) {
+                    best = Some((key, i));
+                }
+            }
+            best.is_some_and(|(k, _)| k.0 == 0)
+        };
+        let limit = PLACEMENT_CANDIDATES;
+        match pool {
+            PoolKind::Small => {
+                for i in self.small.at_least(r).take(limit) {
+                    if consider(i) {
+                        break;
+                    }
+                }
+            }
+            PoolKind::Large => {
+                for &(_, _, i) in self.large.at_least(r).take(limit) {
+                    if consider(i) {
+                        break;
+                    }
+                }
+            }
+        }
+        best.map(|(k, i)| (k.0, i, k.3))
+    }
+
+    #[inline]
+    pub(super) fn in_expandable(&self, i: u32) -> bool {
+        self.segments[self.blocks[i as usize].seg as usize].expandable
+    }
+
+    /// Bytes mapped in this stream's expandable segments.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.mapped_bytes
+    }
+
+    /// The expandable segment of `pool`, as (address, reserved size), if there is one.
+    pub fn expandable_segment(&self, pool: PoolKind) -> Option<(u64, u64)> {
+        self.expandable[pool.idx()].map(|s| {
+            let seg = &self.segments[s as usize];
+            (seg.addr, seg.size)
+        })
+    }
+
+    /// Adopt a reserved address range as the expandable segment of `pool` (nothing mapped).
+    pub fn add_expandable_segment(
+        &mut self,
+        addr: u64,
+        size: u64,
+        pool: PoolKind,
+        granularity: u64,
+    ) {
+        self.granularity = granularity;
+        let i = self.new_segment(addr, size, pool, true);
+        self.unmapped[pool.idx()].insert((addr, i));
+        self.expandable[pool.idx()] = Some(self.blocks[i as usize].seg);
+    }
+
+    /// Where to map pages so that `req` fits in the expandable segment of its pool: the
+    /// lowest unmapped range that, with the free mapped block just before it, covers the
+    /// request. `None` when the segment is missing or has no such room.
+    pub fn plan_map(&self, req: &Request, granularity: u64) -> Option<MapPlan> {
+        // For each unmapped range, the pages needed when the new pages join the free space
+        // just before it, just after it, or both (filling the whole range); the plan maps
+        // the fewest pages, ties going to the lowest address, so free pieces of partly used
+        // pages are put to use before new memory is.
+        let pages = |bytes: u64| bytes.max(1).div_ceil(granularity) * granularity;
+        let mut best: Option<MapPlan> = None;
+        for &(addr, u) in &self.unmapped[req.pool.idx()] {
+            let b = &self.blocks[u as usize];
+            let side = |i: u32| {
+                if i != NIL && self.is_mapped_free(i) {
+                    self.blocks[i as usize].size
+                } else {
+                    0
+                }
+            };
+            let (before, after) = (side(b.prev), side(b.next));
+            let r = req.rounded;
+            let mut options = Vec::with_capacity(3);
+            let front = pages(r.saturating_sub(before));
+            if front <= b.size {
+                options.push(MapPlan { addr, len: front });
+            }
+            let back = pages(r.saturating_sub(after));
+            if back <= b.size {
+                options.push(MapPlan {
+                    addr: addr + b.size - back,
+                    len: back,
+                });
+            }
+            if before + b.size + after >= r {
+                options.push(MapPlan { addr, len: b.size });
+            }
+            for o in options {
+                if best.is_none_or(|x| o.len < x.len) {
+                    best = Some(o);
+                }
+            }
+        }
+        best
+    }
+
+    /// Merge mapped free block `i` (not in the free set) with its mapped free neighbours
+    /// (taken out of the free set); returns the surviving block, not in the free set.
+    pub(super) fn merge_mapped_free(&mut self, mut i: u32) -> u32 {
+        let prev = self.blocks[i as usize].prev;
+        if prev != NIL && self.is_mapped_free(prev) {
+            self.inactive_split_account(prev, false);
+            self.remove_free(prev);
+            self.absorb_next(prev);
+            i = prev;
+        }
+        let next = self.blocks[i as usize].next;
+        if next != NIL && self.is_mapped_free(next) {
+            self.inactive_split_account(next, false);
+            self.remove_free(next);
+            self.absorb_next(i);
+        }
+        i
+    }
+
+    /// Block `a` takes over the block after it (which must exist): sizes add up, the links
+    /// skip it, and it is dropped. Free-set and stats bookkeeping are the caller's.
+    pub(super) fn absorb_next(&mut self, a: u32) {
+        let b = self.blocks[a as usize].next;
+        let (size, after) = (self.blocks[b as usize].size, self.blocks[b as usize].next);
+        self.blocks[a as usize].size += size;
+        self.blocks[a as usize].next = after;
+        if after != NIL {
+            self.blocks[after as usize].prev = a;
+        }
+        self.drop_block(b);
+    }
+
+    /// The pages of `plan` were mapped: they join the free space before them, and `req` is
+    /// served from it.
+    pub fn commit_map(&mut self, plan: MapPlan, req: &Request, cfg: &Config) -> BlockId {
+        let p = req.pool.idx();
+        let &(start, u) = self.unmapped[p]
+            .range(..=(plan.addr, u32::MAX))
+            .next_back()
+            .expect("plan_map names an unmapped range");
+        self.unmapped[p].remove(&(start, u));
+        let (size, seg) = (self.blocks[u as usize].size, self.blocks[u as usize].seg);
+        debug_assert!(plan.addr >= start && plan.addr + plan.len <= start + size);
+        // Carve [plan.addr, plan.addr + len) out of `u`; what is left on either side stays
+        // unmapped.
+        let mut m = u;
+        if plan.addr > start {
+            let next = self.blocks[u as usize].next;
+            m = self.new_block(Block {
+                prev: u,
+                next,
+                ..Block::fresh(plan.addr, start + size - plan.addr, seg, false)
+            });
+            if next != NIL {
+                self.blocks[next as usize].prev = m;
+            }
+            self.blocks[u as usize].next = m;
+            self.blocks[u as usize].size = plan.addr - start;
+            self.unmapped[p].insert((start, u));
+        }
+        let msize = self.blocks[m as usize].size;
+        if plan.len < msize {
+            let next = self.blocks[m as usize].next;
+            let rest = self.new_block(Block {
+                prev: m,
+                next,
+                ..Block::fresh(plan.addr + plan.len, msize - plan.len, seg, false)
+            });
+            if next != NIL {
+                self.blocks[next as usize].prev = rest;
+            }
+            self.blocks[m as usize].next = rest;
+            self.blocks[m as usize].size = plan.len;
+            self.unmapped[p].insert((plan.addr + plan.len, rest));
+        }
+        self.blocks[m as usize].mapped = true;
+        self.mapped_bytes += plan.len;
+        let i = self.merge_mapped_free(m);
+        self.take_block(i, req, cfg, req.pool)
+    }
+
+    /// Free pages of this stream's expandable segments that could be unmapped: the whole
+    /// pages inside each free mapped block.
+    pub fn plan_unmap(&self, granularity: u64) -> Vec<UnmapPlan> {
+        let mut out = Vec::new();
+        for s in self.expandable.iter().flatten() {
+            let pool = self.segments[*s as usize].pool;
+            let mut i = self.segments[*s as usize].head;
+            while i != NIL {
+                let b = &self.blocks[i as usize];
+                if b.mapped && b.state == BlockState::Free {
+                    let start = b.addr.div_ceil(granularity) * granularity;
+                    let end = (b.addr + b.size) / granularity * granularity;
+                    if end > start {
+                        out.push(UnmapPlan {
+                            block: i,
+                            pool,
+                            addr: start,
+                            len: end - start,
+                        });
+                    }
+                }
+                i = b.next;
+            }
+        }
+        out
+    }
+
+    /// The pages of `plan` were unmapped: they become unmapped address space.
+    pub fn commit_unmap(&mut self, plan: UnmapPlan) {
+        let b = plan.block;
+        let (addr, size, seg, next) = {
+            let x = &self.blocks[b as usize];
+            (x.addr, x.size, x.seg, x.next)
+        };
+        debug_assert!(self.is_mapped_free(b) && addr <= plan.addr);
+        let pool = self.segments[seg as usize].pool;
+        self.remove_free(b);
+        let pre = plan.addr - addr;
+        let post = addr + size - (plan.addr + plan.len);
+        let blank = |a: u64, sz: u64, mapped: bool| Block::fresh(a, sz, seg, mapped);
+        // [addr, plan.addr) stays mapped free (in `b`), the pages become `u`, the tail `q`.
+        let u = if pre > 0 {
+            self.blocks[b as usize].size = pre;
+            let u = self.new_block(blank(plan.addr, plan.len, false));
+            self.blocks[b as usize].next = u;
+            self.blocks[u as usize].prev = b;
+            self.blocks[u as usize].next = next;
+            if next != NIL {
+                self.blocks[next as usize].prev = u;
+            }
+            self.insert_free(b);
+            u
+        } else {
+            let x = &mut self.blocks[b as usize];
+            x.size = plan.len;
+            x.mapped = false;
+            b
+        };
+        if post > 0 {
+            let q = self.new_block(blank(plan.addr + plan.len, post, true));
+            let after = self.blocks[u as usize].next;
+            self.blocks[u as usize].next = q;
+            self.blocks[q as usize].prev = u;
+            self.blocks[q as usize].next = after;
+            if after != NIL {
+                self.blocks[after as usize].prev = q;
+            }
+            self.insert_free(q);
+        }
+        self.mapped_bytes -= plan.len;
+        // Coalesce with unmapped neighbours.
+        let p = pool.idx();
+        let mut u = u;
+        let prev = self.blocks[u as usize].prev;
+        if prev != NIL && !self.blocks[prev as usize].mapped {
+            let (size, after) = (self.blocks[u as usize].size, self.blocks[u as usize].next);
+            self.blocks[prev as usize].size += size;
+            self.blocks[prev as usize].next = after;
+            if after != NIL {
+                self.blocks[after as usize].prev = prev;
+            }
+            self.drop_block(u);
+            u = prev;
+        } else {
+            self.unmapped[p].insert((self.blocks[u as usize].addr, u));
+        }
+        let next = self.blocks[u as usize].next;
+        if next != NIL && !self.blocks[next as usize].mapped {
+            let naddr = self.blocks[next as usize].addr;
+            self.unmapped[p].remove(&(naddr, next));
+            let (size, after) = (
+                self.blocks[next as usize].size,
+                self.blocks[next as usize].next,
+            );
+            self.blocks[u as usize].size += size;
+            self.blocks[u as usize].next = after;
+            if after != NIL {
+                self.blocks[after as usize].prev = u;
+            }
+            self.drop_block(next);
+        }
+    }
+
+    /// Expandable segments with nothing mapped any more: forgotten here, returned for the
+    /// front to give their address range back.
+    pub fn release_empty_expandable(&mut self, out: &mut Vec<ReleasedSegment>) {
+        for p in 0..2 {
+            let Some(s) = self.expandable[p] else {
+                continue;
+            };
+            let head = self.segments[s as usize].head;
+            let b = &self.blocks[head as usize];
+            if b.next == NIL && !b.mapped {
+                let addr = b.addr;
+                self.unmapped[p].remove(&(addr, head));
+                self.drop_block(head);
+                let seg = &mut self.segments[s as usize];
+                seg.live = false;
+                out.push(ReleasedSegment {
+                    addr: seg.addr,
+                    size: seg.size,
+                    pool: seg.pool,
+                    stream: self.stream,
+                });
+                self.spare_segments.push(s);
+                self.live_segments -= 1;
+                self.expandable[p] = None;
+            }
+        }
+    }
+
+    /// Every mapped page range of the expandable segments (for teardown).
+    pub fn mapped_runs(&self) -> Vec<(u64, u64)> {
+        self.segments()
+            .into_iter()
+            .filter(|s| s.expandable)
+            .map(|s| (s.addr, s.size))
+            .collect()
+    }
+}
