@@ -135,10 +135,10 @@ impl Device {
                 }
             }
         }
-        Err(Error::InvalidArgument(format!(
-            "device {}: more than {MAX_STREAMS_PER_DEVICE} streams in use",
-            self.index
-        )))
+        Err(Error::TooManyStreams {
+            device: self.index,
+            limit: MAX_STREAMS_PER_DEVICE,
+        })
     }
 
     fn shard_at(&self, slot: u32) -> &Shard {
@@ -274,7 +274,8 @@ impl<B: Backend> CachingAllocator<B> {
     /// A new allocator over `backend`.
     ///
     /// # Errors
-    /// [`Error::Config`] for settings that are not supported yet (`expandable_segments`).
+    /// [`Error::Unsupported`] for `expandable_segments` on a backend without virtual-memory
+    /// management.
     pub fn new(backend: B, config: Config) -> Result<Self> {
         let n = backend.device_count();
         let mut granularity = vec![0u64; n];
@@ -283,15 +284,10 @@ impl<B: Backend> CachingAllocator<B> {
                 *g = match backend.vmm_granularity(d) {
                     Ok(g) if g > 0 => g,
                     Ok(_) | Err(BackendError::Unsupported(_)) => {
-                        return Err(Error::Config(crate::config::ConfigError {
-                            source: "code".into(),
-                            key: Some("expandable_segments".into()),
-                            position: 0,
-                            message: format!(
-                                "expandable_segments needs virtual memory management, which \
-                                 device {d}'s backend does not provide"
-                            ),
-                        }));
+                        return Err(Error::Unsupported(format!(
+                            "expandable_segments needs virtual memory management, which \
+                             device {d}'s backend does not provide"
+                        )));
                     }
                     Err(e) => return Err(e.into()),
                 };
@@ -332,11 +328,9 @@ impl<B: Backend> CachingAllocator<B> {
     }
 
     fn dev(&self, device: usize) -> Result<&Device> {
-        self.devices.get(device).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "device {device} does not exist ({} device(s))",
-                self.devices.len()
-            ))
+        self.devices.get(device).ok_or(Error::InvalidDevice {
+            device,
+            count: self.devices.len(),
         })
     }
 

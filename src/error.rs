@@ -38,6 +38,7 @@ impl std::error::Error for BackendError {}
 
 /// Everything that can go wrong in cudalloc.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Error {
     /// The allocation could not be satisfied even after releasing the cache.
     OutOfMemory(Box<crate::oom::OomError>),
@@ -45,8 +46,25 @@ pub enum Error {
     Backend(BackendError),
     /// Bad configuration (`CUDALLOC_CONF` or a value set from code).
     Config(crate::config::ConfigError),
-    /// A bad argument: zero or impossible size, unknown device, unknown stream.
+    /// A bad argument: zero or impossible size, a fraction out of range.
     InvalidArgument(String),
+    /// A device index the allocator does not have.
+    InvalidDevice {
+        /// The index asked for.
+        device: usize,
+        /// How many devices there are.
+        count: usize,
+    },
+    /// More streams in use on one device than the allocator serves.
+    TooManyStreams {
+        /// The device.
+        device: usize,
+        /// The most streams a device can have.
+        limit: usize,
+    },
+    /// A feature the backend cannot provide (expandable segments without virtual-memory
+    /// management).
+    Unsupported(String),
     /// A pointer that this allocator did not hand out, or that was already freed.
     UnknownPointer(u64),
     /// A broken internal invariant. Reported instead of panicking in the user's process.
@@ -60,6 +78,15 @@ impl fmt::Display for Error {
             Error::Backend(e) => write!(f, "{e}"),
             Error::Config(e) => write!(f, "{e}"),
             Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
+            Error::InvalidDevice { device, count } => write!(
+                f,
+                "invalid argument: device {device} does not exist ({count} device(s))"
+            ),
+            Error::TooManyStreams { device, limit } => write!(
+                f,
+                "invalid argument: device {device}: more than {limit} streams in use"
+            ),
+            Error::Unsupported(m) => write!(f, "not supported: {m}"),
             Error::UnknownPointer(p) => write!(
                 f,
                 "pointer {p:#x} was not allocated by cudalloc or was already freed"

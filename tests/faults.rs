@@ -168,11 +168,14 @@ fn bad_inputs_are_errors_and_change_nothing() {
     ));
     assert!(matches!(
         alloc.malloc_on(7, 100, 0),
-        Err(Error::InvalidArgument(_))
+        Err(Error::InvalidDevice {
+            device: 7,
+            count: 1
+        })
     ));
     assert!(matches!(
         alloc.free_raw(7, p),
-        Err(Error::InvalidArgument(_))
+        Err(Error::InvalidDevice { device: 7, .. })
     ));
     assert!(matches!(
         alloc.record_stream_raw(0, 0x1234, 5),

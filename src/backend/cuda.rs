@@ -279,18 +279,18 @@ impl CudaBackend {
         // SAFETY: every entry point used below exists (checked above).
         check(drv, unsafe { (drv.cuInit)(0) }, "cuInit")?;
         let mut n: std::ffi::c_int = 0;
-        // SAFETY: `n` is a valid out-pointer for the duration of the call.
         check(
             drv,
+            // SAFETY: `n` is a valid out-pointer for the duration of the call.
             unsafe { (drv.cuDeviceGetCount)(&mut n) },
             "cuDeviceGetCount",
         )?;
         let mut devices = Vec::new();
         for ordinal in 0..n {
             let mut handle: sys::CUdevice = 0;
-            // SAFETY: `handle` is a valid out-pointer; `ordinal` is below the device count.
             check(
                 drv,
+                // SAFETY: `handle` is a valid out-pointer; `ordinal` is below the device count.
                 unsafe { (drv.cuDeviceGet)(&mut handle, ordinal) },
                 "cuDeviceGet",
             )?;
@@ -378,9 +378,9 @@ impl CudaBackend {
             })
             .clone()? as sys::CUcontext;
         let mut current: sys::CUcontext = std::ptr::null_mut();
-        // SAFETY: `current` is a valid out-pointer.
         check(
             self.drv,
+            // SAFETY: `current` is a valid out-pointer.
             unsafe { (self.drv.cuCtxGetCurrent)(&mut current) },
             "cuCtxGetCurrent",
         )?;
@@ -390,9 +390,9 @@ impl CudaBackend {
                 previous: None,
             });
         }
-        // SAFETY: `ctx` is a primary context retained above and alive until Drop.
         check(
             self.drv,
+            // SAFETY: `ctx` is a primary context retained above and alive until Drop.
             unsafe { (self.drv.cuCtxSetCurrent)(ctx) },
             "cuCtxSetCurrent",
         )?;
@@ -411,9 +411,9 @@ impl Backend for CudaBackend {
     fn alloc_segment(&self, device: usize, size: u64) -> Result<u64, BackendError> {
         let _g = self.enter(device)?;
         let mut p: sys::CUdeviceptr = 0;
-        // SAFETY: `p` is a valid out-pointer; the device's context is current.
         check(
             self.drv,
+            // SAFETY: `p` is a valid out-pointer; the device's context is current.
             unsafe { (self.drv.cuMemAlloc_v2)(&mut p, size as usize) },
             "cuMemAlloc",
         )?;
@@ -434,9 +434,9 @@ impl Backend for CudaBackend {
     fn mem_info(&self, device: usize) -> Result<MemInfo, BackendError> {
         let _g = self.enter(device)?;
         let (mut free, mut total) = (0usize, 0usize);
-        // SAFETY: both are valid out-pointers; the device's context is current.
         check(
             self.drv,
+            // SAFETY: both are valid out-pointers; the device's context is current.
             unsafe { (self.drv.cuMemGetInfo_v2)(&mut free, &mut total) },
             "cuMemGetInfo",
         )?;
@@ -454,19 +454,19 @@ impl Backend for CudaBackend {
             Some(e) => e as sys::CUevent,
             None => {
                 let mut e: sys::CUevent = std::ptr::null_mut();
-                // SAFETY: `e` is a valid out-pointer; the device's context is current.
                 check(
                     self.drv,
+                    // SAFETY: `e` is a valid out-pointer; the device's context is current.
                     unsafe { (self.drv.cuEventCreate)(&mut e, CU_EVENT_DISABLE_TIMING) },
                     "cuEventCreate",
                 )?;
                 e
             }
         };
-        // SAFETY: `ev` is a live event of this context; `stream` is the caller's stream
-        // handle (0 is the legacy default stream), passed through unchanged.
         if let Err(e) = check(
             self.drv,
+            // SAFETY: `ev` is a live event of this context; `stream` is the caller's stream
+            // handle (0 is the legacy default stream), passed through unchanged.
             unsafe { (self.drv.cuEventRecord)(ev, stream as sys::CUstream) },
             "cuEventRecord",
         ) {
@@ -520,9 +520,9 @@ impl Backend for CudaBackend {
         self.vmm_device(device)?;
         let _g = self.enter(device)?;
         let mut p: sys::CUdeviceptr = 0;
-        // SAFETY: `p` is a valid out-pointer; no fixed address or alignment is asked for.
         check(
             self.drv,
+            // SAFETY: `p` is a valid out-pointer; no fixed address or alignment is asked for.
             unsafe { (self.vmm()?.cuMemAddressReserve)(&mut p, size as usize, 0, 0, 0) },
             "cuMemAddressReserve",
         )?;
@@ -585,9 +585,9 @@ impl Backend for CudaBackend {
             }
             page += gran;
         }
-        // SAFETY: [addr, addr+size) is now mapped; `access` grants this device read-write.
         if let Err(e) = check(
             self.drv,
+            // SAFETY: [addr, addr+size) is now mapped; `access` grants this device read-write.
             unsafe { (vmm.cuMemSetAccess)(addr, size as usize, &access, 1) },
             "cuMemSetAccess",
         ) {
@@ -601,9 +601,9 @@ impl Backend for CudaBackend {
         let d = self.vmm_device(device)?;
         let _g = self.enter(device)?;
         let gran = self.granularity(d)?;
-        // SAFETY: the range was mapped by `map_pages` (the caller's contract).
         check(
             self.drv,
+            // SAFETY: the range was mapped by `map_pages` (the caller's contract).
             unsafe { (self.vmm()?.cuMemUnmap)(addr, size as usize) },
             "cuMemUnmap",
         )?;
@@ -611,9 +611,9 @@ impl Backend for CudaBackend {
         let mut page = addr;
         while page < addr + size {
             if let Some(h) = table.remove(&page) {
-                // SAFETY: the handle's only mapping was just removed.
                 check(
                     self.drv,
+                    // SAFETY: the handle's only mapping was just removed.
                     unsafe { (self.vmm()?.cuMemRelease)(h) },
                     "cuMemRelease",
                 )?;
@@ -628,9 +628,9 @@ impl CudaBackend {
     fn granularity(&self, d: &Device) -> Result<u64, BackendError> {
         let prop = Self::prop(d);
         let mut g: usize = 0;
-        // SAFETY: `g` is a valid out-pointer and `prop` a valid property struct.
         check(
             self.drv,
+            // SAFETY: `g` is a valid out-pointer and `prop` a valid property struct.
             unsafe {
                 (self.vmm()?.cuMemGetAllocationGranularity)(
                     &mut g,

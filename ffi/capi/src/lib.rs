@@ -56,11 +56,17 @@ fn fail(e: &Error) -> c_int {
     let s = match e {
         Error::OutOfMemory(_) => S::CUDALLOC_ERROR_OUT_OF_MEMORY,
         Error::Backend(_) => S::CUDALLOC_ERROR_DRIVER,
-        Error::Config(_) => S::CUDALLOC_ERROR_CONFIG,
-        Error::InvalidArgument(m) if m.starts_with("device ") => S::CUDALLOC_ERROR_INVALID_DEVICE,
-        Error::InvalidArgument(_) => S::CUDALLOC_ERROR_INVALID_ARGUMENT,
+        // A configuration the backend cannot honour is the caller's configuration problem.
+        Error::Config(_) | Error::Unsupported(_) => S::CUDALLOC_ERROR_CONFIG,
+        Error::InvalidDevice { .. } => S::CUDALLOC_ERROR_INVALID_DEVICE,
+        Error::InvalidArgument(_) | Error::TooManyStreams { .. } => {
+            S::CUDALLOC_ERROR_INVALID_ARGUMENT
+        }
         Error::UnknownPointer(_) => S::CUDALLOC_ERROR_UNKNOWN_POINTER,
         Error::Internal(_) => S::CUDALLOC_ERROR_INTERNAL,
+        // Error is non-exhaustive: a variant added later is an internal error here until it
+        // gets its own status.
+        _ => S::CUDALLOC_ERROR_INTERNAL,
     };
     s as c_int
 }
