@@ -1,0 +1,77 @@
+//! The free path: the front's half of the policy's free protocol (events recorded on the
+//! streams that used a block, or a device synchronization) and processing completed events.
+
+use super::*;
+
+impl<B: Backend> CachingAllocator<B> {
+    pub(super) fn free_block(&self, device: usize, slot: u32, block: BlockId) -> Result<()> {
+        let dev = &self.devices[device];
+        let stream_slot = dev.slot_at(slot);
+        let mut g = stream_slot.pools.lock();
+        let (addr, size) = (g.block_addr(block), g.block_requested(block));
+        dev.history
+            .record(Action::FreeRequested, addr, size, stream_slot.stream);
+        let n = g.stream_uses(block).len();
+        if n == 0 {
+            g.free(block, &self.config, Tracking::NONE);
+            dev.history
+                .record(Action::FreeCompleted, addr, size, stream_slot.stream);
+            return Ok(());
+        }
+        let mut events = Vec::with_capacity(n);
+        let mut failed = None;
+        for &s in g.stream_uses(block) {
+            match self.backend.record_event(dev.index, s) {
+                Ok(ev) => events.push(ev),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        // Could not mark some other stream's progress: wait for the whole device instead, so
+        // the block is safe to reuse. If even that fails, nothing says the other stream is
+        // done with it: the block is never reused.
+        let untracked = failed.is_some() && self.backend.synchronize_device(dev.index).is_err();
+        let tracking = Tracking {
+            events: &events,
+            untracked,
+        };
+        if g.free(block, &self.config, tracking) == FreeOutcome::Cached {
+            dev.history
+                .record(Action::FreeCompleted, addr, size, stream_slot.stream);
+        }
+        match failed {
+            Some(e) if untracked => Err(Error::Backend(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Poll outstanding events of one stream, oldest first, returning blocks whose events
+    /// all completed to the cache.
+    pub(super) fn process_events(&self, dev: &Device, g: &mut StreamPools) -> Result<()> {
+        while let Some(ev) = g.oldest_pending() {
+            if !self.backend.query_event(dev.index, ev)? {
+                break;
+            }
+            if let Some(Completed { freed: Some(f), .. }) = g.complete_oldest_pending() {
+                dev.history
+                    .record(Action::FreeCompleted, f.addr, f.requested, g.stream());
+            }
+            self.backend.release_event(dev.index, ev);
+        }
+        Ok(())
+    }
+
+    /// Wait for every outstanding event of one stream and process them.
+    pub(super) fn sync_events(&self, dev: &Device, g: &mut StreamPools) -> Result<()> {
+        while let Some(ev) = g.oldest_pending() {
+            self.backend.synchronize_event(dev.index, ev)?;
+            if let Some(Completed { freed: Some(f), .. }) = g.complete_oldest_pending() {
+                dev.history
+                    .record(Action::FreeCompleted, f.addr, f.requested, g.stream());
+            }
+            self.backend.release_event(dev.index, ev);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,125 @@
+//! The allocation path: the cached fast path under the stream's lock, then the slow path
+//! — a new segment or mapped pages — and the out-of-memory ladder, then the report.
+
+use super::*;
+
+impl<B: Backend> CachingAllocator<B> {
+    #[inline]
+    pub(super) fn alloc_block(
+        &self,
+        dev: &Device,
+        stream_slot: &StreamSlot,
+        size: u64,
+    ) -> Result<(BlockId, u64)> {
+        let r = self.alloc_block_inner(dev, stream_slot, size);
+        match &r {
+            Ok((_, ptr)) => dev
+                .history
+                .record(Action::Alloc, *ptr, size, stream_slot.stream),
+            Err(Error::OutOfMemory(_)) => {
+                dev.history.record(Action::Oom, 0, size, stream_slot.stream)
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
+    #[inline]
+    pub(super) fn alloc_block_inner(
+        &self,
+        dev: &Device,
+        stream_slot: &StreamSlot,
+        size: u64,
+    ) -> Result<(BlockId, u64)> {
+        if size == 0 || size > MAX_REQUEST {
+            return Err(Error::InvalidArgument(format!(
+                "cannot allocate {size} bytes (must be 1..={MAX_REQUEST})"
+            )));
+        }
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+        let req = Request::new(size, &self.config);
+        {
+            let mut g = stream_slot.pools.lock();
+            if g.has_pending() {
+                self.process_events(dev, &mut g)?;
+            }
+            if let Some(b) = g.try_alloc(&req, &self.config) {
+                return Ok((b, g.block_addr(b)));
+            }
+        }
+        self.alloc_slow(dev, stream_slot, &req)
+    }
+
+    #[cold]
+    pub(super) fn alloc_slow(
+        &self,
+        dev: &Device,
+        stream_slot: &StreamSlot,
+        req: &Request,
+    ) -> Result<(BlockId, u64)> {
+        if self.config.garbage_collection_threshold > 0.0 && dev.fraction.lock().is_some() {
+            self.garbage_collect(dev)?;
+        }
+        for attempt in 0..3 {
+            {
+                let mut g = stream_slot.pools.lock();
+                if g.has_pending() {
+                    self.process_events(dev, &mut g)?;
+                }
+                if let Some(b) = g.try_alloc(req, &self.config) {
+                    return Ok((b, g.block_addr(b)));
+                }
+                let grown = if dev.granularity > 0 {
+                    self.grow_expandable(dev, &mut g, req)
+                } else {
+                    self.alloc_segment(dev, req, stream_slot.stream)
+                        .map(|addr| {
+                            let b =
+                                g.add_segment_and_alloc(addr, req.segment_size, req, &self.config);
+                            (b, addr)
+                        })
+                };
+                match grown {
+                    Ok(found) => return Ok(found),
+                    Err(BackendError::OutOfMemory) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            match attempt {
+                0 => {
+                    dev.num_alloc_retries.fetch_add(1, Ordering::Relaxed);
+                    self.release_cached(dev, false)?;
+                }
+                1 => self.release_cached(dev, true)?,
+                _ => {}
+            }
+        }
+        dev.num_ooms.fetch_add(1, Ordering::Relaxed);
+        Err(Error::OutOfMemory(Box::new(self.oom_report(dev, req))))
+    }
+
+    pub(super) fn oom_report(&self, dev: &Device, req: &Request) -> OomError {
+        let info = self.backend.mem_info(dev.index).unwrap_or_default();
+        let stats = self.memory_stats(dev.index).unwrap_or_default();
+        let (largest, _, _) = self.cache_figures(dev.index).unwrap_or_default();
+        let reserved = dev.reserved.load(Ordering::Relaxed);
+        let allocated = stats.blocks.allocated_bytes[0].current.max(0) as u64;
+        let limit = dev.limit.load(Ordering::Relaxed);
+        OomError {
+            device: dev.index,
+            requested: req.requested,
+            rounded: req.rounded,
+            segment_size: req.segment_size,
+            device_total: info.total,
+            device_free: info.free,
+            allocated,
+            reserved,
+            reserved_free: reserved.saturating_sub(allocated),
+            largest_free_block: largest,
+            limit: (limit != u64::MAX).then_some(limit),
+            max_split_size: self.config.max_split_size,
+        }
+    }
+}

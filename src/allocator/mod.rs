@@ -1,0 +1,177 @@
+//! The thread-safe front: per-device and per-stream state, RAII allocations, raw
+//! pointer-based allocation for the C layer, the out-of-memory retry ladder, statistics and
+//! reports.
+//!
+//! Locking: each (device, stream) has its own pools behind its own mutex, so threads on
+//! different streams or devices do not serialize on one lock. Streams are found through a
+//! fixed open-addressed table whose slots are written once, so the lookup is plain loads.
+//! Slow paths (new segments, releasing cache, statistics) take one stream lock at a time,
+//! never two, so there is no lock ordering to get wrong.
+
+mod free;
+mod handle;
+mod ledger;
+mod malloc;
+mod raw;
+mod release;
+mod report;
+mod table;
+
+pub use handle::Allocation;
+use table::{Device, RawEntry, StreamSlot, pointer_shard};
+
+use crate::backend::{Backend, StreamId};
+use crate::config::Config;
+use crate::error::{BackendError, Error, Result};
+use crate::history::{Action, Entry, History};
+use crate::oom::OomError;
+use crate::policy::{
+    BlockId, BlockState, Completed, FreeOutcome, PoolKind, ReleasedSegment, Request, SegmentInfo,
+    StreamPools, Tracking,
+};
+use crate::stats::{self, BlockStats, MemoryStats, SegmentStats};
+use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Streams per device the allocator can serve.
+pub const MAX_STREAMS_PER_DEVICE: usize = 1024;
+
+/// Largest request accepted (anything above cannot be a real device allocation).
+pub const MAX_REQUEST: u64 = 1 << 56;
+
+/// A caching allocator over a [`Backend`]. `Send + Sync`; share it by reference or `Arc`.
+///
+/// ```
+/// use cudalloc::{CachingAllocator, Config, SimBackend};
+/// let alloc = CachingAllocator::new(SimBackend::new(1 << 30), Config::default()).unwrap();
+/// {
+///     let a = alloc.malloc(1000, 0).unwrap(); // 1000 bytes on the default stream
+///     assert_eq!(a.size(), 1000);
+/// } // freed into the cache here
+/// let b = alloc.malloc(1000, 0).unwrap(); // served from the cache: no new segment
+/// assert_eq!(alloc.memory_stats(0).unwrap().num_device_alloc, 1);
+/// drop(b);
+/// alloc.empty_cache(None).unwrap();
+/// assert_eq!(alloc.backend().counts().used, 0);
+/// ```
+pub struct CachingAllocator<B: Backend> {
+    backend: B,
+    config: Config,
+    devices: Box<[Device]>,
+    deferred: Mutex<Option<Error>>,
+    used: AtomicBool,
+}
+
+impl<B: Backend> std::fmt::Debug for CachingAllocator<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let reserved: Vec<u64> = self
+            .devices
+            .iter()
+            .map(|d| d.reserved.load(Ordering::Relaxed))
+            .collect();
+        f.debug_struct("CachingAllocator")
+            .field("config", &self.config.to_string())
+            .field("devices", &self.devices.len())
+            .field("reserved", &reserved)
+            .finish()
+    }
+}
+
+impl<B: Backend> CachingAllocator<B> {
+    /// A new allocator over `backend`.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for `expandable_segments` on a backend without virtual-memory
+    /// management.
+    pub fn new(backend: B, config: Config) -> Result<Self> {
+        let n = backend.device_count();
+        let mut granularity = vec![0u64; n];
+        if config.expandable_segments {
+            for (d, g) in granularity.iter_mut().enumerate() {
+                *g = match backend.vmm_granularity(d) {
+                    Ok(g) if g > 0 => g,
+                    Ok(_) | Err(BackendError::Unsupported(_)) => {
+                        return Err(Error::Unsupported(format!(
+                            "expandable_segments needs virtual memory management, which \
+                             device {d}'s backend does not provide"
+                        )));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+            }
+        }
+        Ok(CachingAllocator {
+            backend,
+            config,
+            devices: (0..n).map(|d| Device::new(d, granularity[d])).collect(),
+            deferred: Mutex::new(None),
+            used: AtomicBool::new(false),
+        })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Number of devices.
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Whether anything was ever allocated.
+    pub fn has_been_used(&self) -> bool {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// An error that happened in a `Drop` (of an [`Allocation`]), if any; taking it clears it.
+    pub fn take_deferred_error(&self) -> Option<Error> {
+        self.deferred.lock().take()
+    }
+
+    fn dev(&self, device: usize) -> Result<&Device> {
+        self.devices.get(device).ok_or(Error::InvalidDevice {
+            device,
+            count: self.devices.len(),
+        })
+    }
+}
+
+impl<B: Backend> Drop for CachingAllocator<B> {
+    fn drop(&mut self) {
+        // Every segment goes back to the driver; nothing can refer to them any more (RAII
+        // allocations borrow the allocator; raw ones are the caller's to stop using).
+        for dev in self.devices.iter() {
+            let mut all = Vec::new();
+            for stream_slot in dev.slots() {
+                let g = stream_slot.pools.lock();
+                for s in g.segments() {
+                    if s.expandable {
+                        let _ = self.backend.unmap_pages(dev.index, s.addr, s.size);
+                    } else {
+                        all.push(ReleasedSegment {
+                            addr: s.addr,
+                            size: s.size,
+                            pool: s.pool,
+                            stream: s.stream,
+                        });
+                    }
+                }
+                for pool in [PoolKind::Small, PoolKind::Large] {
+                    if let Some((addr, size)) = g.expandable_segment(pool) {
+                        let _ = self.backend.free_range(dev.index, addr, size);
+                    }
+                }
+            }
+            let _ = self.free_segments(dev, &all);
+        }
+    }
+}
