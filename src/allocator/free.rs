@@ -9,13 +9,11 @@ impl<B: Backend> CachingAllocator<B> {
         let stream_slot = dev.slot_at(slot);
         let mut g = stream_slot.pools.lock();
         let (addr, size) = (g.block_addr(block), g.block_requested(block));
-        dev.history
-            .record(Action::FreeRequested, addr, size, stream_slot.stream);
+        dev.ledger.free_requested(addr, size, stream_slot.stream);
         let n = g.stream_uses(block).len();
         if n == 0 {
             g.free(block, &self.config, Tracking::NONE);
-            dev.history
-                .record(Action::FreeCompleted, addr, size, stream_slot.stream);
+            dev.ledger.block_freed(addr, size, stream_slot.stream);
             return Ok(());
         }
         let mut events = Vec::with_capacity(n);
@@ -37,8 +35,7 @@ impl<B: Backend> CachingAllocator<B> {
             untracked,
         };
         if g.free(block, &self.config, tracking) == FreeOutcome::Cached {
-            dev.history
-                .record(Action::FreeCompleted, addr, size, stream_slot.stream);
+            dev.ledger.block_freed(addr, size, stream_slot.stream);
         }
         match failed {
             Some(e) if untracked => Err(Error::Backend(e)),
@@ -54,8 +51,7 @@ impl<B: Backend> CachingAllocator<B> {
                 break;
             }
             if let Some(Completed { freed: Some(f), .. }) = g.complete_oldest_pending() {
-                dev.history
-                    .record(Action::FreeCompleted, f.addr, f.requested, g.stream());
+                dev.ledger.block_freed(f.addr, f.requested, g.stream());
             }
             self.backend.release_event(dev.index, ev);
         }
@@ -67,8 +63,7 @@ impl<B: Backend> CachingAllocator<B> {
         while let Some(ev) = g.oldest_pending() {
             self.backend.synchronize_event(dev.index, ev)?;
             if let Some(Completed { freed: Some(f), .. }) = g.complete_oldest_pending() {
-                dev.history
-                    .record(Action::FreeCompleted, f.addr, f.requested, g.stream());
+                dev.ledger.block_freed(f.addr, f.requested, g.stream());
             }
             self.backend.release_event(dev.index, ev);
         }

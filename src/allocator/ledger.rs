@@ -1,18 +1,71 @@
-//! Device memory coming and going: segments allocated and freed, pages mapped and unmapped,
-//! address ranges reserved, each counted against the memory-fraction limit.
+//! The ledger of one device: the single place where device memory coming and going is
+//! booked. Each booking moves together what must agree — the reserved bytes (checked against
+//! the memory-fraction limit), the driver-call counters, the segment statistics and the event
+//! history — so no path can update one and forget another. It decides nothing and calls no
+//! driver: the front books what it did.
 
-use super::*;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-impl<B: Backend> CachingAllocator<B> {
-    /// Count `size` more reserved bytes, within the memory-fraction limit.
-    pub(super) fn reserve_bytes(dev: &Device, size: u64) -> Result<(), BackendError> {
-        let limit = dev.limit.load(Ordering::Relaxed);
-        let mut cur = dev.reserved.load(Ordering::Relaxed);
+use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
+
+use crate::error::BackendError;
+use crate::history::{Action, Entry, History};
+use crate::ids::{PoolKind, StreamId};
+use crate::policy::ReleasedSegment;
+use crate::stats::{self, SegmentStats};
+
+/// The books of one device.
+pub(super) struct Ledger {
+    /// Bytes held from the driver (segments and mapped pages), claims in flight included.
+    reserved: CachePadded<AtomicU64>,
+    /// Most bytes that may be reserved (the memory fraction; `u64::MAX`: none).
+    limit: AtomicU64,
+    segments: Mutex<SegmentStats>,
+    device_allocs: AtomicU64,
+    device_frees: AtomicU64,
+    ooms: AtomicU64,
+    history: History,
+    /// Segments at least this large count as oversize (`max_split_size`).
+    oversize: u64,
+}
+
+impl Ledger {
+    pub(super) fn new(oversize: u64) -> Ledger {
+        Ledger {
+            reserved: CachePadded::new(AtomicU64::new(0)),
+            limit: AtomicU64::new(u64::MAX),
+            segments: Mutex::new(SegmentStats::default()),
+            device_allocs: AtomicU64::new(0),
+            device_frees: AtomicU64::new(0),
+            ooms: AtomicU64::new(0),
+            history: History::default(),
+            oversize,
+        }
+    }
+
+    pub(super) fn reserved(&self) -> u64 {
+        self.reserved.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_limit(&self, limit: u64) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Claim `size` more reserved bytes, within the limit, before asking the driver for them;
+    /// [`Ledger::unclaim`] if the driver then refuses.
+    pub(super) fn claim(&self, size: u64) -> Result<(), BackendError> {
+        let limit = self.limit();
+        let mut cur = self.reserved.load(Ordering::Relaxed);
         loop {
             if cur.saturating_add(size) > limit {
                 return Err(BackendError::OutOfMemory);
             }
-            match dev.reserved.compare_exchange_weak(
+            match self.reserved.compare_exchange_weak(
                 cur,
                 cur + size,
                 Ordering::AcqRel,
@@ -24,149 +77,126 @@ impl<B: Backend> CachingAllocator<B> {
         }
     }
 
-    /// Serve `req` by mapping pages into the stream's expandable segment of its pool
-    /// (reserving the segment's address range first if there is none). A failed map
-    /// changes nothing: the segment stays as it was.
-    pub(super) fn grow_expandable(
-        &self,
-        dev: &Device,
-        g: &mut StreamPools,
-        req: &Request,
-    ) -> Result<(BlockId, u64), BackendError> {
-        let gran = dev.granularity;
-        if g.expandable_segment(req.pool).is_none() {
-            let total = self.backend.mem_info(dev.index)?.total;
-            // Address space is cheap: reserve well beyond the device's memory so that
-            // free pages unmapped in the middle never leave a large request without a
-            // contiguous range.
-            let want = match req.pool {
-                PoolKind::Large => total.saturating_mul(4),
-                PoolKind::Small => total / 2,
-            };
-            let size = want.max(req.rounded).div_ceil(gran).max(1) * gran;
-            let addr = self.backend.reserve_range(dev.index, size)?;
-            g.add_expandable_segment(addr, size, req.pool, gran);
-            stats::increase(&mut dev.seg_stats.lock().segment, req.pool, 1);
-        }
-        // No free block of this stream serves the request: give back the whole free pages
-        // it holds before mapping more, or they would stay mapped beside the new pages,
-        // reserved for nothing. (Keeping them only when they add up to less than the
-        // request was measured too, and did worse on the shared traces.)
-        {
-            self.unmap_free_pages(dev, g, false).map_err(|e| match e {
-                Error::Backend(b) => b,
-                other => BackendError::Driver {
-                    code: -1,
-                    message: other.to_string(),
-                },
-            })?;
-        }
-        let plan = g.plan_map(req, gran).ok_or(BackendError::OutOfMemory)?;
-        Self::reserve_bytes(dev, plan.len)?;
-        if let Err(e) = self.backend.map_pages(dev.index, plan.addr, plan.len) {
-            dev.reserved.fetch_sub(plan.len, Ordering::AcqRel);
-            return Err(e);
-        }
-        dev.num_device_alloc.fetch_add(1, Ordering::Relaxed);
-        dev.history
-            .record(Action::SegmentMap, plan.addr, plan.len, g.stream());
-        stats::increase(&mut dev.seg_stats.lock().reserved_bytes, req.pool, plan.len);
-        let b = g.commit_map(plan, req, &self.config);
-        Ok((b, g.block_addr(b)))
+    /// The driver refused a claim.
+    pub(super) fn unclaim(&self, size: u64) {
+        self.reserved.fetch_sub(size, Ordering::AcqRel);
     }
 
-    /// Ask the backend for a segment, within the memory-fraction limit.
-    pub(super) fn alloc_segment(
-        &self,
-        dev: &Device,
-        req: &Request,
-        stream: StreamId,
-    ) -> Result<u64, BackendError> {
-        let size = req.segment_size;
-        Self::reserve_bytes(dev, size)?;
-        match self.backend.alloc_segment(dev.index, size) {
-            Ok(addr) => {
-                dev.num_device_alloc.fetch_add(1, Ordering::Relaxed);
-                dev.history.record(Action::SegmentAlloc, addr, size, stream);
-                let mut s = dev.seg_stats.lock();
-                stats::increase(&mut s.segment, req.pool, 1);
-                stats::increase(&mut s.reserved_bytes, req.pool, size);
-                if size >= self.config.max_split_size {
-                    s.oversize_segments.increase(1);
-                }
-                Ok(addr)
-            }
-            Err(e) => {
-                dev.reserved.fetch_sub(size, Ordering::AcqRel);
-                Err(e)
-            }
+    /// The driver gave a claimed segment.
+    pub(super) fn segment_allocated(&self, addr: u64, size: u64, pool: PoolKind, stream: StreamId) {
+        self.device_allocs.fetch_add(1, Ordering::Relaxed);
+        self.history
+            .record(Action::SegmentAlloc, addr, size, stream);
+        let mut s = self.segments.lock();
+        stats::increase(&mut s.segment, pool, 1);
+        stats::increase(&mut s.reserved_bytes, pool, size);
+        if size >= self.oversize {
+            s.oversize_segments.increase(1);
         }
     }
 
-    /// Unmap every whole free page of the expandable segments of one stream, and give back
-    /// the address range of any that has nothing mapped left.
-    pub(super) fn unmap_free_pages(
-        &self,
-        dev: &Device,
-        g: &mut StreamPools,
-        release_empty: bool,
-    ) -> Result<()> {
-        if dev.granularity == 0 {
-            return Ok(());
+    /// A segment went back to the driver (or the policy let go of it and the driver's free
+    /// failed: it is gone either way).
+    pub(super) fn segment_freed(&self, s: &ReleasedSegment) {
+        self.unclaim(s.size);
+        self.device_frees.fetch_add(1, Ordering::Relaxed);
+        self.history
+            .record(Action::SegmentFree, s.addr, s.size, s.stream);
+        let mut st = self.segments.lock();
+        stats::decrease(&mut st.segment, s.pool, 1);
+        stats::decrease(&mut st.reserved_bytes, s.pool, s.size);
+        if s.size >= self.oversize {
+            st.oversize_segments.decrease(1);
         }
-        let mut first_err = None;
-        for plan in g.plan_unmap(dev.granularity) {
-            match self.backend.unmap_pages(dev.index, plan.addr, plan.len) {
-                Ok(()) => {
-                    let pool = plan.pool;
-                    g.commit_unmap(plan);
-                    dev.reserved.fetch_sub(plan.len, Ordering::AcqRel);
-                    dev.num_device_free.fetch_add(1, Ordering::Relaxed);
-                    dev.history
-                        .record(Action::SegmentUnmap, plan.addr, plan.len, g.stream());
-                    stats::decrease(&mut dev.seg_stats.lock().reserved_bytes, pool, plan.len);
-                }
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        let mut empty = Vec::new();
-        if release_empty {
-            g.release_empty_expandable(&mut empty);
-        }
-        for r in empty {
-            stats::decrease(&mut dev.seg_stats.lock().segment, r.pool, 1);
-            if let Err(e) = self.backend.free_range(dev.index, r.addr, r.size) {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), |e| Err(e.into()))
     }
 
-    /// Return released segments to the driver and account for them. Tries every segment
-    /// even if one fails; reports the first failure.
-    pub(super) fn free_segments(&self, dev: &Device, segs: &[ReleasedSegment]) -> Result<()> {
-        let mut first_err = None;
-        for s in segs {
-            let r = self.backend.free_segment(dev.index, s.addr, s.size);
-            // Whatever the driver said, the policy no longer has the segment: account for it
-            // as gone so the numbers stay consistent (a failed free is reported).
-            dev.reserved.fetch_sub(s.size, Ordering::AcqRel);
-            dev.num_device_free.fetch_add(1, Ordering::Relaxed);
-            dev.history
-                .record(Action::SegmentFree, s.addr, s.size, s.stream);
-            let mut st = dev.seg_stats.lock();
-            stats::decrease(&mut st.segment, s.pool, 1);
-            stats::decrease(&mut st.reserved_bytes, s.pool, s.size);
-            if s.size >= self.config.max_split_size {
-                st.oversize_segments.decrease(1);
-            }
-            drop(st);
-            if let Err(e) = r {
-                first_err.get_or_insert(e);
-            }
+    /// An address range was reserved for an expandable segment (it counts as a segment; its
+    /// bytes count as they are mapped).
+    pub(super) fn range_reserved(&self, pool: PoolKind) {
+        stats::increase(&mut self.segments.lock().segment, pool, 1);
+    }
+
+    /// An expandable segment's address range was given back.
+    pub(super) fn range_released(&self, pool: PoolKind) {
+        stats::decrease(&mut self.segments.lock().segment, pool, 1);
+    }
+
+    /// Claimed pages were mapped into an expandable segment.
+    pub(super) fn pages_mapped(&self, addr: u64, len: u64, pool: PoolKind, stream: StreamId) {
+        self.device_allocs.fetch_add(1, Ordering::Relaxed);
+        self.history.record(Action::SegmentMap, addr, len, stream);
+        stats::increase(&mut self.segments.lock().reserved_bytes, pool, len);
+    }
+
+    /// Pages of an expandable segment were unmapped.
+    pub(super) fn pages_unmapped(&self, addr: u64, len: u64, pool: PoolKind, stream: StreamId) {
+        self.unclaim(len);
+        self.device_frees.fetch_add(1, Ordering::Relaxed);
+        self.history.record(Action::SegmentUnmap, addr, len, stream);
+        stats::decrease(&mut self.segments.lock().reserved_bytes, pool, len);
+    }
+
+    /// A block was handed out.
+    #[inline]
+    pub(super) fn block_allocated(&self, addr: u64, size: u64, stream: StreamId) {
+        self.history.record(Action::Alloc, addr, size, stream);
+    }
+
+    /// A request failed for lack of memory, after the whole ladder.
+    pub(super) fn out_of_memory(&self, size: u64, stream: StreamId) {
+        self.ooms.fetch_add(1, Ordering::Relaxed);
+        self.history.record(Action::Oom, 0, size, stream);
+    }
+
+    /// The caller freed a block (it may still wait for other streams).
+    #[inline]
+    pub(super) fn free_requested(&self, addr: u64, size: u64, stream: StreamId) {
+        self.history
+            .record(Action::FreeRequested, addr, size, stream);
+    }
+
+    /// A freed block is back in the cache.
+    #[inline]
+    pub(super) fn block_freed(&self, addr: u64, size: u64, stream: StreamId) {
+        self.history
+            .record(Action::FreeCompleted, addr, size, stream);
+    }
+
+    pub(super) fn segment_stats(&self) -> SegmentStats {
+        self.segments.lock().clone()
+    }
+
+    /// Driver allocations (segments and page maps) so far.
+    pub(super) fn device_allocs(&self) -> u64 {
+        self.device_allocs.load(Ordering::Relaxed)
+    }
+
+    /// Driver frees (segments and page unmaps) so far.
+    pub(super) fn device_frees(&self) -> u64 {
+        self.device_frees.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn ooms(&self) -> u64 {
+        self.ooms.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn reset_peak(&self) {
+        self.segments.lock().reset_peak();
+    }
+
+    /// Accumulated figures (segment `allocated`/`freed`, driver calls, OOMs) to zero.
+    pub(super) fn reset_accumulated(&self) {
+        self.segments.lock().reset_accumulated();
+        for c in [&self.device_allocs, &self.device_frees, &self.ooms] {
+            c.store(0, Ordering::Relaxed);
         }
-        first_err.map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    pub(super) fn set_history(&self, enabled: bool, max_entries: usize) {
+        self.history.set(enabled, max_entries);
+    }
+
+    pub(super) fn history(&self) -> Vec<Entry> {
+        self.history.entries()
     }
 }

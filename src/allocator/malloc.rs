@@ -13,12 +13,8 @@ impl<B: Backend> CachingAllocator<B> {
     ) -> Result<(BlockId, u64)> {
         let r = self.alloc_block_inner(dev, stream_slot, size);
         match &r {
-            Ok((_, ptr)) => dev
-                .history
-                .record(Action::Alloc, *ptr, size, stream_slot.stream),
-            Err(Error::OutOfMemory(_)) => {
-                dev.history.record(Action::Oom, 0, size, stream_slot.stream)
-            }
+            Ok((_, ptr)) => dev.ledger.block_allocated(*ptr, size, stream_slot.stream),
+            Err(Error::OutOfMemory(_)) => dev.ledger.out_of_memory(size, stream_slot.stream),
             Err(_) => {}
         }
         r
@@ -96,7 +92,6 @@ impl<B: Backend> CachingAllocator<B> {
                 _ => {}
             }
         }
-        dev.num_ooms.fetch_add(1, Ordering::Relaxed);
         Err(Error::OutOfMemory(Box::new(self.oom_report(dev, req))))
     }
 
@@ -104,9 +99,9 @@ impl<B: Backend> CachingAllocator<B> {
         let info = self.backend.mem_info(dev.index).unwrap_or_default();
         let stats = self.memory_stats(dev.index).unwrap_or_default();
         let (largest, _, _) = self.cache_figures(dev.index).unwrap_or_default();
-        let reserved = dev.reserved.load(Ordering::Relaxed);
+        let reserved = dev.ledger.reserved();
         let allocated = stats.blocks.allocated_bytes[0].current.max(0) as u64;
-        let limit = dev.limit.load(Ordering::Relaxed);
+        let limit = dev.ledger.limit();
         OomError {
             device: dev.index,
             requested: req.requested,

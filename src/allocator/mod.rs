@@ -15,21 +15,23 @@ mod malloc;
 mod raw;
 mod release;
 mod report;
+mod segments;
 mod table;
 
 pub use handle::Allocation;
+use ledger::Ledger;
 use table::{Device, RawEntry, StreamSlot, pointer_shard};
 
 use crate::backend::{Backend, StreamId};
 use crate::config::Config;
 use crate::error::{BackendError, Error, Result};
-use crate::history::{Action, Entry, History};
+use crate::history::Entry;
 use crate::oom::OomError;
 use crate::policy::{
     BlockId, BlockState, Completed, FreeOutcome, PoolKind, ReleasedSegment, Request, SegmentInfo,
     StreamPools, Tracking,
 };
-use crate::stats::{self, BlockStats, MemoryStats, SegmentStats};
+use crate::stats::{BlockStats, MemoryStats};
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
@@ -67,11 +69,7 @@ pub struct CachingAllocator<B: Backend> {
 
 impl<B: Backend> std::fmt::Debug for CachingAllocator<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let reserved: Vec<u64> = self
-            .devices
-            .iter()
-            .map(|d| d.reserved.load(Ordering::Relaxed))
-            .collect();
+        let reserved: Vec<u64> = self.devices.iter().map(|d| d.ledger.reserved()).collect();
         f.debug_struct("CachingAllocator")
             .field("config", &self.config.to_string())
             .field("devices", &self.devices.len())
@@ -103,10 +101,13 @@ impl<B: Backend> CachingAllocator<B> {
                 };
             }
         }
+        let oversize = config.max_split_size;
         Ok(CachingAllocator {
             backend,
             config,
-            devices: (0..n).map(|d| Device::new(d, granularity[d])).collect(),
+            devices: (0..n)
+                .map(|d| Device::new(d, granularity[d], oversize))
+                .collect(),
             deferred: Mutex::new(None),
             used: AtomicBool::new(false),
         })

@@ -79,7 +79,7 @@ impl<B: Backend> CachingAllocator<B> {
             return Ok(None);
         };
         self.used.store(true, Ordering::Relaxed);
-        dev.history.record(Action::Alloc, ptr, size, stream);
+        dev.ledger.block_allocated(ptr, size, stream);
         dev.pointers[pointer_shard(ptr)]
             .lock()
             .insert(ptr, RawEntry { slot, block });

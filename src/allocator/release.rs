@@ -45,9 +45,9 @@ impl<B: Backend> CachingAllocator<B> {
     /// `garbage_collection_threshold` × the memory-fraction limit, release whole free
     /// large-pool segments, oldest (least recently useful) first.
     pub(super) fn garbage_collect(&self, dev: &Device) -> Result<()> {
-        let limit = dev.limit.load(Ordering::Relaxed);
+        let limit = dev.ledger.limit();
         let threshold = (self.config.garbage_collection_threshold * limit as f64) as u64;
-        let reserved = dev.reserved.load(Ordering::Relaxed);
+        let reserved = dev.ledger.reserved();
         if reserved <= threshold {
             return Ok(());
         }
@@ -123,8 +123,7 @@ impl<B: Backend> CachingAllocator<B> {
         let dev = self.dev(device)?;
         let total = self.backend.mem_info(device)?.total;
         *dev.fraction.lock() = Some(fraction);
-        dev.limit
-            .store((total as f64 * fraction) as u64, Ordering::Relaxed);
+        dev.ledger.set_limit((total as f64 * fraction) as u64);
         Ok(())
     }
 

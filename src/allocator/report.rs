@@ -9,7 +9,7 @@ impl<B: Backend> CachingAllocator<B> {
     /// `max_entries` per device (PyTorch's `_record_memory_history`).
     pub fn record_history(&self, enabled: bool, max_entries: usize) {
         for d in self.devices.iter() {
-            d.history.set(enabled, max_entries);
+            d.ledger.set_history(enabled, max_entries);
         }
     }
 
@@ -18,7 +18,7 @@ impl<B: Backend> CachingAllocator<B> {
     /// # Errors
     /// An unknown device.
     pub fn history(&self, device: usize) -> Result<Vec<Entry>> {
-        Ok(self.dev(device)?.history.entries())
+        Ok(self.dev(device)?.ledger.history())
     }
 
     /// Statistics of `device`, `torch.cuda.memory_stats()` style.
@@ -38,12 +38,12 @@ impl<B: Backend> CachingAllocator<B> {
         }
         Ok(MemoryStats {
             blocks,
-            segments: dev.seg_stats.lock().clone(),
+            segments: dev.ledger.segment_stats(),
             num_alloc_retries: dev.num_alloc_retries.load(Ordering::Relaxed),
-            num_ooms: dev.num_ooms.load(Ordering::Relaxed),
+            num_ooms: dev.ledger.ooms(),
             num_sync_all_streams: dev.num_sync_all_streams.load(Ordering::Relaxed),
-            num_device_alloc: dev.num_device_alloc.load(Ordering::Relaxed),
-            num_device_free: dev.num_device_free.load(Ordering::Relaxed),
+            num_device_alloc: dev.ledger.device_allocs(),
+            num_device_free: dev.ledger.device_frees(),
             max_split_size: if self.config.max_split_size == u64::MAX {
                 -1
             } else {
@@ -61,7 +61,7 @@ impl<B: Backend> CachingAllocator<B> {
         for stream_slot in dev.slots() {
             stream_slot.pools.lock().stats_mut().reset_peak();
         }
-        dev.seg_stats.lock().reset_peak();
+        dev.ledger.reset_peak();
         Ok(())
     }
 
@@ -74,14 +74,8 @@ impl<B: Backend> CachingAllocator<B> {
         for stream_slot in dev.slots() {
             stream_slot.pools.lock().stats_mut().reset_accumulated();
         }
-        dev.seg_stats.lock().reset_accumulated();
-        for c in [
-            &dev.num_alloc_retries,
-            &dev.num_ooms,
-            &dev.num_sync_all_streams,
-            &dev.num_device_alloc,
-            &dev.num_device_free,
-        ] {
+        dev.ledger.reset_accumulated();
+        for c in [&dev.num_alloc_retries, &dev.num_sync_all_streams] {
             c.store(0, Ordering::Relaxed);
         }
         Ok(())
@@ -120,9 +114,7 @@ impl<B: Backend> CachingAllocator<B> {
 
     /// Bytes reserved from the driver on `device`.
     pub fn reserved_bytes(&self, device: usize) -> u64 {
-        self.devices
-            .get(device)
-            .map_or(0, |d| d.reserved.load(Ordering::Relaxed))
+        self.devices.get(device).map_or(0, |d| d.ledger.reserved())
     }
 
     /// Check every invariant (pools of every stream, segment accounting, no overlap between
@@ -162,14 +154,14 @@ impl<B: Backend> CachingAllocator<B> {
                 }
             }
             let total: u64 = segs.iter().map(|s| s.size).sum();
-            let reserved = dev.reserved.load(Ordering::Relaxed);
+            let reserved = dev.ledger.reserved();
             if total != reserved {
                 return Err(format!(
                     "device {}: segments total {total}, reserved counter {reserved}",
                     dev.index
                 ));
             }
-            let st = dev.seg_stats.lock();
+            let st = dev.ledger.segment_stats();
             if st.reserved_bytes[0].current as u64 != total
                 || st.segment[0].current as usize != seg_count
             {

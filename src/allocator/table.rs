@@ -24,17 +24,12 @@ pub(super) struct Device {
     pub(super) index: usize,
     pub(super) slots: Box<[OnceLock<CachePadded<StreamSlot>>]>,
     pub(super) insert_lock: Mutex<()>,
-    pub(super) seg_stats: Mutex<SegmentStats>,
-    pub(super) reserved: CachePadded<AtomicU64>,
-    pub(super) limit: AtomicU64,
+    /// Reserved bytes, driver calls, segment statistics and history, booked together.
+    pub(super) ledger: Ledger,
     pub(super) fraction: Mutex<Option<f64>>,
     pub(super) num_alloc_retries: AtomicU64,
-    pub(super) num_ooms: AtomicU64,
     pub(super) num_sync_all_streams: AtomicU64,
-    pub(super) num_device_alloc: AtomicU64,
-    pub(super) num_device_free: AtomicU64,
     pub(super) pointers: Box<[PointerShard]>,
-    pub(super) history: History,
     /// Page size of expandable segments (0: they are off).
     pub(super) granularity: u64,
 }
@@ -50,26 +45,21 @@ pub(super) fn pointer_shard(ptr: u64) -> usize {
 }
 
 impl Device {
-    pub(super) fn new(index: usize, granularity: u64) -> Device {
+    /// `oversize`: the segment size from which segments count as oversize.
+    pub(super) fn new(index: usize, granularity: u64, oversize: u64) -> Device {
         Device {
             index,
             slots: (0..MAX_STREAMS_PER_DEVICE)
                 .map(|_| OnceLock::new())
                 .collect(),
             insert_lock: Mutex::new(()),
-            seg_stats: Mutex::new(SegmentStats::default()),
-            reserved: CachePadded::new(AtomicU64::new(0)),
-            limit: AtomicU64::new(u64::MAX),
+            ledger: Ledger::new(oversize),
             fraction: Mutex::new(None),
             num_alloc_retries: AtomicU64::new(0),
-            num_ooms: AtomicU64::new(0),
             num_sync_all_streams: AtomicU64::new(0),
-            num_device_alloc: AtomicU64::new(0),
-            num_device_free: AtomicU64::new(0),
             pointers: (0..POINTER_SHARDS)
                 .map(|_| CachePadded::new(Mutex::new(FxHashMap::default())))
                 .collect(),
-            history: History::default(),
             granularity,
         }
     }

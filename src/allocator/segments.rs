@@ -1,0 +1,130 @@
+//! Device memory from the driver: segments allocated and freed, expandable segments' address
+//! ranges reserved and their pages mapped and unmapped. Every change is booked in the
+//! device's [`Ledger`] in the same step; nothing here chooses blocks.
+
+use super::*;
+
+impl<B: Backend> CachingAllocator<B> {
+    /// Serve `req` by mapping pages into the stream's expandable segment of its pool
+    /// (reserving the segment's address range first if there is none). A failed map
+    /// changes nothing: the segment stays as it was.
+    pub(super) fn grow_expandable(
+        &self,
+        dev: &Device,
+        g: &mut StreamPools,
+        req: &Request,
+    ) -> Result<(BlockId, u64), BackendError> {
+        let gran = dev.granularity;
+        if g.expandable_segment(req.pool).is_none() {
+            let total = self.backend.mem_info(dev.index)?.total;
+            // Address space is cheap: reserve well beyond the device's memory so that
+            // free pages unmapped in the middle never leave a large request without a
+            // contiguous range.
+            let want = match req.pool {
+                PoolKind::Large => total.saturating_mul(4),
+                PoolKind::Small => total / 2,
+            };
+            let size = want.max(req.rounded).div_ceil(gran).max(1) * gran;
+            let addr = self.backend.reserve_range(dev.index, size)?;
+            g.add_expandable_segment(addr, size, req.pool, gran);
+            dev.ledger.range_reserved(req.pool);
+        }
+        // No free block of this stream serves the request: give back the whole free pages
+        // it holds before mapping more, or they would stay mapped beside the new pages,
+        // reserved for nothing. (Keeping them only when they add up to less than the
+        // request was measured too, and did worse on the shared traces.)
+        {
+            self.unmap_free_pages(dev, g, false).map_err(|e| match e {
+                Error::Backend(b) => b,
+                other => BackendError::Driver {
+                    code: -1,
+                    message: other.to_string(),
+                },
+            })?;
+        }
+        let plan = g.plan_map(req, gran).ok_or(BackendError::OutOfMemory)?;
+        dev.ledger.claim(plan.len)?;
+        if let Err(e) = self.backend.map_pages(dev.index, plan.addr, plan.len) {
+            dev.ledger.unclaim(plan.len);
+            return Err(e);
+        }
+        dev.ledger
+            .pages_mapped(plan.addr, plan.len, req.pool, g.stream());
+        let b = g.commit_map(plan, req, &self.config);
+        Ok((b, g.block_addr(b)))
+    }
+
+    /// Ask the backend for a segment, within the memory-fraction limit.
+    pub(super) fn alloc_segment(
+        &self,
+        dev: &Device,
+        req: &Request,
+        stream: StreamId,
+    ) -> Result<u64, BackendError> {
+        let size = req.segment_size;
+        dev.ledger.claim(size)?;
+        match self.backend.alloc_segment(dev.index, size) {
+            Ok(addr) => {
+                dev.ledger.segment_allocated(addr, size, req.pool, stream);
+                Ok(addr)
+            }
+            Err(e) => {
+                dev.ledger.unclaim(size);
+                Err(e)
+            }
+        }
+    }
+
+    /// Unmap every whole free page of the expandable segments of one stream, and give back
+    /// the address range of any that has nothing mapped left.
+    pub(super) fn unmap_free_pages(
+        &self,
+        dev: &Device,
+        g: &mut StreamPools,
+        release_empty: bool,
+    ) -> Result<()> {
+        if dev.granularity == 0 {
+            return Ok(());
+        }
+        let mut first_err = None;
+        for plan in g.plan_unmap(dev.granularity) {
+            match self.backend.unmap_pages(dev.index, plan.addr, plan.len) {
+                Ok(()) => {
+                    g.commit_unmap(plan);
+                    dev.ledger
+                        .pages_unmapped(plan.addr, plan.len, plan.pool, g.stream());
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let mut empty = Vec::new();
+        if release_empty {
+            g.release_empty_expandable(&mut empty);
+        }
+        for r in empty {
+            dev.ledger.range_released(r.pool);
+            if let Err(e) = self.backend.free_range(dev.index, r.addr, r.size) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    /// Return released segments to the driver and account for them. Tries every segment
+    /// even if one fails; reports the first failure.
+    pub(super) fn free_segments(&self, dev: &Device, segs: &[ReleasedSegment]) -> Result<()> {
+        let mut first_err = None;
+        for s in segs {
+            let r = self.backend.free_segment(dev.index, s.addr, s.size);
+            // Whatever the driver said, the policy no longer has the segment: account for it
+            // as gone so the numbers stay consistent (a failed free is reported).
+            dev.ledger.segment_freed(s);
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), |e| Err(e.into()))
+    }
+}
