@@ -58,41 +58,59 @@ impl<B: Backend> CachingAllocator<B> {
         if self.config.garbage_collection_threshold > 0.0 && dev.fraction.lock().is_some() {
             self.garbage_collect(dev)?;
         }
-        for attempt in 0..3 {
-            {
-                let mut g = stream_slot.pools.lock();
-                if g.has_pending() {
-                    self.process_events(dev, &mut g)?;
-                }
-                if let Some(b) = g.try_alloc(req, &self.config) {
-                    return Ok((b, g.block_addr(b)));
-                }
-                let grown = if dev.granularity > 0 {
-                    self.grow_expandable(dev, &mut g, req)
-                } else {
-                    self.alloc_segment(dev, req, stream_slot.stream)
-                        .map(|addr| {
-                            let b =
-                                g.add_segment_and_alloc(addr, req.segment_size, req, &self.config);
-                            (b, addr)
-                        })
-                };
-                match grown {
-                    Ok(found) => return Ok(found),
-                    Err(BackendError::OutOfMemory) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            match attempt {
-                0 => {
-                    dev.num_alloc_retries.fetch_add(1, Ordering::Relaxed);
-                    self.release_cached(dev, false)?;
-                }
-                1 => self.release_cached(dev, true)?,
-                _ => {}
-            }
+        // The out-of-memory ladder, PyTorch's: try; release every fully free cached segment
+        // and try again; wait for all outstanding events, release again, try a last time;
+        // only then report out of memory.
+        if let Some(found) = self.cached_or_grown(dev, stream_slot, req)? {
+            return Ok(found);
+        }
+        dev.num_alloc_retries.fetch_add(1, Ordering::Relaxed);
+        self.release_cached(dev, false)?;
+        if let Some(found) = self.cached_or_grown(dev, stream_slot, req)? {
+            return Ok(found);
+        }
+        self.release_cached(dev, true)?;
+        if let Some(found) = self.cached_or_grown(dev, stream_slot, req)? {
+            return Ok(found);
         }
         Err(Error::OutOfMemory(Box::new(self.oom_report(dev, req))))
+    }
+
+    /// One rung of the ladder: a cached block (completed events processed first), else a
+    /// new segment or newly mapped pages. `None`: the device (or the memory fraction) has no
+    /// room.
+    ///
+    /// The stream's lock is held across the driver's allocation on purpose: a second thread
+    /// of the same stream that missed the cache too would otherwise get a segment of its own
+    /// instead of the rest of this one. Other streams have their own locks and are not held
+    /// up; the release steps of the ladder run with no stream lock held.
+    fn cached_or_grown(
+        &self,
+        dev: &Device,
+        stream_slot: &StreamSlot,
+        req: &Request,
+    ) -> Result<Option<(BlockId, u64)>> {
+        let mut g = stream_slot.pools.lock();
+        if g.has_pending() {
+            self.process_events(dev, &mut g)?;
+        }
+        if let Some(b) = g.try_alloc(req, &self.config) {
+            return Ok(Some((b, g.block_addr(b))));
+        }
+        let grown = if dev.granularity > 0 {
+            self.grow_expandable(dev, &mut g, req)
+        } else {
+            self.alloc_segment(dev, req, stream_slot.stream)
+                .map(|addr| {
+                    let b = g.add_segment_and_alloc(addr, req.segment_size, req, &self.config);
+                    (b, addr)
+                })
+        };
+        match grown {
+            Ok(found) => Ok(Some(found)),
+            Err(BackendError::OutOfMemory) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub(super) fn oom_report(&self, dev: &Device, req: &Request) -> OomError {
