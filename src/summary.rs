@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::allocator::CachingAllocator;
+use crate::allocator::{CacheFigures, CachingAllocator};
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::oom::format_bytes;
@@ -81,7 +81,11 @@ fn centered(out: &mut String, text: &str) {
 /// Render the summary of one device.
 pub(crate) fn render<B: Backend>(alloc: &CachingAllocator<B>, device: usize) -> Result<String> {
     let st = alloc.memory_stats(device)?;
-    let (largest, free_cached, pending) = alloc.cache_figures(device)?;
+    let CacheFigures {
+        largest_free: largest,
+        free_cached,
+        pending,
+    } = alloc.cache_figures(device)?;
     let mut out = String::new();
     out.push_str(RULE_EQ);
     out.push('\n');

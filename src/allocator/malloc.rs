@@ -116,7 +116,10 @@ impl<B: Backend> CachingAllocator<B> {
     pub(super) fn oom_report(&self, dev: &Device, req: &Request) -> OomError {
         let info = self.backend.mem_info(dev.index).unwrap_or_default();
         let stats = self.memory_stats(dev.index).unwrap_or_default();
-        let (largest, _, _) = self.cache_figures(dev.index).unwrap_or_default();
+        let largest = self
+            .cache_figures(dev.index)
+            .unwrap_or_default()
+            .largest_free;
         let reserved = dev.ledger.reserved();
         let allocated = stats.blocks.allocated_bytes[0].current.max(0) as u64;
         let limit = dev.ledger.limit();

@@ -20,6 +20,7 @@ mod table;
 
 pub use handle::Allocation;
 use ledger::Ledger;
+pub use report::CacheFigures;
 use table::{Device, RawEntry, StreamSlot, pointer_shard};
 
 use crate::backend::{Backend, StreamId};

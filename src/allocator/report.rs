@@ -4,6 +4,17 @@
 
 use super::*;
 
+/// What a device's cache holds, for the summary and the out-of-memory report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheFigures {
+    /// The largest free block of any stream.
+    pub largest_free: u64,
+    /// Free bytes in cached blocks, every stream.
+    pub free_cached: u64,
+    /// Bytes of freed blocks still waiting on other streams' events.
+    pub pending: u64,
+}
+
 impl<B: Backend> CachingAllocator<B> {
     /// Start (or stop) recording the event history of every device, keeping at most
     /// `max_entries` per device (PyTorch's `_record_memory_history`).
@@ -95,21 +106,20 @@ impl<B: Backend> CachingAllocator<B> {
         Ok(v)
     }
 
-    /// Cache-wide figures of one device used by reports: (largest free block, free bytes in
-    /// cached blocks, bytes waiting on events).
+    /// Cache-wide figures of one device used by reports.
     ///
     /// # Errors
     /// An unknown device.
-    pub fn cache_figures(&self, device: usize) -> Result<(u64, u64, u64)> {
+    pub fn cache_figures(&self, device: usize) -> Result<CacheFigures> {
         let dev = self.dev(device)?;
-        let (mut largest, mut free, mut pending) = (0, 0, 0);
+        let mut f = CacheFigures::default();
         for stream_slot in dev.slots() {
             let g = stream_slot.pools.lock();
-            largest = largest.max(g.largest_free());
-            free += g.free_bytes();
-            pending += g.pending_bytes();
+            f.largest_free = f.largest_free.max(g.largest_free());
+            f.free_cached = f.free_cached.saturating_add(g.free_bytes());
+            f.pending = f.pending.saturating_add(g.pending_bytes());
         }
-        Ok((largest, free, pending))
+        Ok(f)
     }
 
     /// Bytes reserved from the driver on `device`.
