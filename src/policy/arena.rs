@@ -167,4 +167,40 @@ impl StreamPools {
         self.segments[s as usize].head = i;
         i
     }
+
+    /// Split block `i` at address `at`, strictly inside it: `i` keeps what lies before `at`,
+    /// a new block (backed by memory or not, `mapped`) takes the rest and is linked after it.
+    /// Returns the new block. Free-set and stats bookkeeping are the caller's.
+    pub(super) fn split_at(&mut self, i: u32, at: u64, mapped: bool) -> u32 {
+        let (addr, size, seg, next) = {
+            let b = &self.blocks[i as usize];
+            (b.addr, b.size, b.seg, b.next)
+        };
+        debug_assert!(at > addr && at < addr + size);
+        let t = self.new_block(Block {
+            prev: i,
+            next,
+            ..Block::fresh(at, addr + size - at, seg, mapped)
+        });
+        if next != NIL {
+            self.blocks[next as usize].prev = t;
+        }
+        let b = &mut self.blocks[i as usize];
+        b.next = t;
+        b.size = at - addr;
+        t
+    }
+
+    /// Block `a` takes over the block after it (which must exist): sizes add up, the links
+    /// skip it, and it is dropped. Free-set and stats bookkeeping are the caller's.
+    pub(super) fn merge_next(&mut self, a: u32) {
+        let b = self.blocks[a as usize].next;
+        let (size, after) = (self.blocks[b as usize].size, self.blocks[b as usize].next);
+        self.blocks[a as usize].size += size;
+        self.blocks[a as usize].next = after;
+        if after != NIL {
+            self.blocks[after as usize].prev = a;
+        }
+        self.drop_block(b);
+    }
 }

@@ -231,29 +231,16 @@ impl StreamPools {
         if prev != NIL && self.is_mapped_free(prev) {
             self.inactive_split_account(prev, false);
             self.remove_free(prev);
-            self.absorb_next(prev);
+            self.merge_next(prev);
             i = prev;
         }
         let next = self.blocks[i as usize].next;
         if next != NIL && self.is_mapped_free(next) {
             self.inactive_split_account(next, false);
             self.remove_free(next);
-            self.absorb_next(i);
+            self.merge_next(i);
         }
         i
-    }
-
-    /// Block `a` takes over the block after it (which must exist): sizes add up, the links
-    /// skip it, and it is dropped. Free-set and stats bookkeeping are the caller's.
-    pub(super) fn absorb_next(&mut self, a: u32) {
-        let b = self.blocks[a as usize].next;
-        let (size, after) = (self.blocks[b as usize].size, self.blocks[b as usize].next);
-        self.blocks[a as usize].size += size;
-        self.blocks[a as usize].next = after;
-        if after != NIL {
-            self.blocks[after as usize].prev = a;
-        }
-        self.drop_block(b);
     }
 
     /// The pages of `plan` were mapped: they join the free space before them, and `req` is
@@ -265,38 +252,17 @@ impl StreamPools {
             .next_back()
             .expect("plan_map names an unmapped range");
         self.unmapped[p].remove(&(start, u));
-        let (size, seg) = (self.blocks[u as usize].size, self.blocks[u as usize].seg);
+        let size = self.blocks[u as usize].size;
         debug_assert!(plan.addr >= start && plan.addr + plan.len <= start + size);
         // Carve [plan.addr, plan.addr + len) out of `u`; what is left on either side stays
         // unmapped.
         let mut m = u;
         if plan.addr > start {
-            let next = self.blocks[u as usize].next;
-            m = self.new_block(Block {
-                prev: u,
-                next,
-                ..Block::fresh(plan.addr, start + size - plan.addr, seg, false)
-            });
-            if next != NIL {
-                self.blocks[next as usize].prev = m;
-            }
-            self.blocks[u as usize].next = m;
-            self.blocks[u as usize].size = plan.addr - start;
+            m = self.split_at(u, plan.addr, false);
             self.unmapped[p].insert((start, u));
         }
-        let msize = self.blocks[m as usize].size;
-        if plan.len < msize {
-            let next = self.blocks[m as usize].next;
-            let rest = self.new_block(Block {
-                prev: m,
-                next,
-                ..Block::fresh(plan.addr + plan.len, msize - plan.len, seg, false)
-            });
-            if next != NIL {
-                self.blocks[next as usize].prev = rest;
-            }
-            self.blocks[m as usize].next = rest;
-            self.blocks[m as usize].size = plan.len;
+        if plan.len < self.blocks[m as usize].size {
+            let rest = self.split_at(m, plan.addr + plan.len, false);
             self.unmapped[p].insert((plan.addr + plan.len, rest));
         }
         self.blocks[m as usize].mapped = true;
@@ -335,43 +301,25 @@ impl StreamPools {
     /// The pages of `plan` were unmapped: they become unmapped address space.
     pub fn commit_unmap(&mut self, plan: UnmapPlan) {
         let b = plan.block;
-        let (addr, size, seg, next) = {
+        let (addr, size, seg) = {
             let x = &self.blocks[b as usize];
-            (x.addr, x.size, x.seg, x.next)
+            (x.addr, x.size, x.seg)
         };
         debug_assert!(self.is_mapped_free(b) && addr <= plan.addr);
         let pool = self.segments[seg as usize].pool;
         self.remove_free(b);
-        let pre = plan.addr - addr;
-        let post = addr + size - (plan.addr + plan.len);
-        let blank = |a: u64, sz: u64, mapped: bool| Block::fresh(a, sz, seg, mapped);
+        let end = plan.addr + plan.len;
         // [addr, plan.addr) stays mapped free (in `b`), the pages become `u`, the tail `q`.
-        let u = if pre > 0 {
-            self.blocks[b as usize].size = pre;
-            let u = self.new_block(blank(plan.addr, plan.len, false));
-            self.blocks[b as usize].next = u;
-            self.blocks[u as usize].prev = b;
-            self.blocks[u as usize].next = next;
-            if next != NIL {
-                self.blocks[next as usize].prev = u;
-            }
+        let u = if plan.addr > addr {
+            let u = self.split_at(b, plan.addr, false);
             self.insert_free(b);
             u
         } else {
-            let x = &mut self.blocks[b as usize];
-            x.size = plan.len;
-            x.mapped = false;
+            self.blocks[b as usize].mapped = false;
             b
         };
-        if post > 0 {
-            let q = self.new_block(blank(plan.addr + plan.len, post, true));
-            let after = self.blocks[u as usize].next;
-            self.blocks[u as usize].next = q;
-            self.blocks[q as usize].prev = u;
-            self.blocks[q as usize].next = after;
-            if after != NIL {
-                self.blocks[after as usize].prev = q;
-            }
+        if end < addr + size {
+            let q = self.split_at(u, end, true);
             self.insert_free(q);
         }
         self.mapped_bytes -= plan.len;
@@ -380,13 +328,7 @@ impl StreamPools {
         let mut u = u;
         let prev = self.blocks[u as usize].prev;
         if prev != NIL && !self.blocks[prev as usize].mapped {
-            let (size, after) = (self.blocks[u as usize].size, self.blocks[u as usize].next);
-            self.blocks[prev as usize].size += size;
-            self.blocks[prev as usize].next = after;
-            if after != NIL {
-                self.blocks[after as usize].prev = prev;
-            }
-            self.drop_block(u);
+            self.merge_next(prev);
             u = prev;
         } else {
             self.unmapped[p].insert((self.blocks[u as usize].addr, u));
@@ -395,16 +337,7 @@ impl StreamPools {
         if next != NIL && !self.blocks[next as usize].mapped {
             let naddr = self.blocks[next as usize].addr;
             self.unmapped[p].remove(&(naddr, next));
-            let (size, after) = (
-                self.blocks[next as usize].size,
-                self.blocks[next as usize].next,
-            );
-            self.blocks[u as usize].size += size;
-            self.blocks[u as usize].next = after;
-            if after != NIL {
-                self.blocks[after as usize].prev = u;
-            }
-            self.drop_block(next);
+            self.merge_next(u);
         }
     }
 

@@ -53,21 +53,8 @@ impl StreamPools {
     ) -> BlockId {
         self.inactive_split_account(i, false);
         if self.should_split(i, req.rounded, cfg) {
-            let (addr, size, seg, next) = {
-                let b = &self.blocks[i as usize];
-                (b.addr, b.size, b.seg, b.next)
-            };
-            let rest = self.new_block(Block {
-                prev: i,
-                next,
-                ..Block::fresh(addr + req.rounded, size - req.rounded, seg, true)
-            });
-            if next != NIL {
-                self.blocks[next as usize].prev = rest;
-            }
-            let b = &mut self.blocks[i as usize];
-            b.next = rest;
-            b.size = req.rounded;
+            let at = self.blocks[i as usize].addr + req.rounded;
+            let rest = self.split_at(i, at, true);
             self.insert_free(rest);
             self.inactive_split_account(rest, true);
         }
@@ -83,9 +70,9 @@ impl StreamPools {
         cfg: &Config,
         at: u64,
     ) -> BlockId {
-        let (addr, size, seg, next) = {
+        let (addr, size, seg) = {
             let b = &self.blocks[i as usize];
-            (b.addr, b.size, b.seg, b.next)
+            (b.addr, b.size, b.seg)
         };
         debug_assert!(at >= addr && at + req.rounded <= addr + size);
         let pool = self.segments[seg as usize].pool;
@@ -93,17 +80,7 @@ impl StreamPools {
             return self.take_block(i, req, cfg, pool);
         }
         debug_assert!(self.segments[seg as usize].expandable);
-        let t = self.new_block(Block {
-            prev: i,
-            next,
-            ..Block::fresh(at, addr + size - at, seg, true)
-        });
-        if next != NIL {
-            self.blocks[next as usize].prev = t;
-        }
-        let b = &mut self.blocks[i as usize];
-        b.next = t;
-        b.size = at - addr;
+        let t = self.split_at(i, at, true);
         self.insert_free(i);
         self.take_block(t, req, cfg, pool)
     }
