@@ -1,10 +1,13 @@
-//! The LD_PRELOAD shim over the stand-in driver: two C clients (one calling the driver's
-//! symbols, one reaching it only through cuGetProcAddress), each run plain and preloaded.
+//! The LD_PRELOAD shim over the stand-in driver: C clients of tests/fixtures (one calling the
+//! driver's symbols, one reaching it only through cuGetProcAddress), run plain and preloaded,
+//! with bad configurations and with faults injected into the shim's start and process
+//! handlers (`CUDALLOC_PRELOAD_FAULT`).
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 fn preload_lib() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -23,7 +26,20 @@ fn preload_lib() -> PathBuf {
     profile.join("libcudalloc_preload.so")
 }
 
+/// Compile a C client of tests/fixtures once per test process: tests run in parallel, and one
+/// of them rewriting an executable while another runs it fails with "permission denied".
 fn compile(name: &str, link_cuda: bool) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(n, _)| n == name) {
+        return p.clone();
+    }
+    let out = compile_now(name, link_cuda);
+    built.push((name.to_owned(), out.clone()));
+    out
+}
+
+fn compile_now(name: &str, link_cuda: bool) -> PathBuf {
     let dir = common::standin_dir();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.c"));
     let out = dir.join(name);
@@ -32,7 +48,7 @@ fn compile(name: &str, link_cuda: bool) -> PathBuf {
     if link_cuda {
         cmd.arg("-L").arg(&dir).arg("-lcuda");
     }
-    cmd.arg("-ldl");
+    cmd.args(["-ldl", "-lpthread"]);
     let o = cmd.output().unwrap();
     assert!(
         o.status.success(),
@@ -116,6 +132,65 @@ fn bad_configuration_disables_the_cache_but_the_program_runs() {
     );
     assert!(r.stderr.contains("max_split_size_mb"), "{}", r.stderr);
     assert!(r.allocs >= 1064, "passed through: {}", r.allocs);
+}
+
+/// The shim's lines on stderr (its own, not the stand-in's or the memory summary).
+fn shim_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("cudalloc preload:"))
+        .collect()
+}
+
+#[test]
+fn a_panicking_start_disables_the_cache_but_the_program_runs() {
+    let lib = preload_lib();
+    let exe = compile("preload_direct", true);
+    for fault in ["start-panic", "start-error"] {
+        let r = run(&exe, Some(&lib), &[("CUDALLOC_PRELOAD_FAULT", fault)]);
+        // Every call reached the driver (no thread waited for a start that never ended),
+        // the forked child included, and the process said so once.
+        assert!(r.allocs >= 1064, "{fault}: passed through: {}", r.allocs);
+        let lines = shim_lines(&r.stderr);
+        assert_eq!(lines.len(), 1, "{fault}: {}", r.stderr);
+        assert!(
+            lines[0].contains("disabled, passing calls to the driver") && lines[0].contains(fault),
+            "{fault}: {}",
+            r.stderr
+        );
+    }
+    let r = run(
+        &exe,
+        Some(&lib),
+        &[("CUDALLOC_PRELOAD_FAULT", "no-such-fault")],
+    );
+    assert!(r.allocs >= 1064, "passed through: {}", r.allocs);
+    assert!(r.stderr.contains("no-such-fault"), "{}", r.stderr);
+}
+
+#[test]
+fn panics_in_the_exit_and_fork_handlers_stay_in_the_shim() {
+    let lib = preload_lib();
+    let exe = compile("preload_direct", true);
+    // The client forks a child (fork handler) and exits (exit handler); both panic. Without
+    // the boundary either panic would abort the process.
+    let r = run(
+        &exe,
+        Some(&lib),
+        &[("CUDALLOC_PRELOAD_FAULT", "exit-panic,fork-panic")],
+    );
+    assert!(r.allocs * 20 < 1064, "the cache served: {}", r.allocs);
+    let lines = shim_lines(&r.stderr);
+    for handler in ["the fork handler", "the exit handler"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("internal error in {handler}"))
+                    && l.contains("exit-panic") == (handler == "the exit handler")),
+            "{handler}: {}",
+            r.stderr
+        );
+    }
 }
 
 #[test]
