@@ -1,7 +1,8 @@
 //! The LD_PRELOAD shim over the stand-in driver: C clients of tests/fixtures (one calling the
 //! driver's symbols, one reaching it only through cuGetProcAddress), run plain and preloaded,
 //! with bad configurations and with faults injected into the shim's start and process
-//! handlers (`CUDALLOC_PRELOAD_FAULT`).
+//! handlers (`CUDALLOC_PRELOAD_FAULT`); a client that frees what it should not (twice, inside
+//! a block, a block it was never given) and one that asks cuMemGetInfo_v2 from 8 threads.
 
 mod common;
 
@@ -63,11 +64,13 @@ struct Run {
     stderr: String,
 }
 
-fn run(exe: &Path, preload: Option<&Path>, env: &[(&str, &str)]) -> Run {
+/// Run a client to its end; panics with its output unless it exits 0. (stdout, stderr).
+fn run_client(exe: &Path, preload: Option<&Path>, env: &[(&str, &str)]) -> (String, String) {
     let mut cmd = Command::new(exe);
     cmd.env("LD_LIBRARY_PATH", common::standin_dir())
         .env("CUDALLOC_STANDIN_CAPACITY", "8589934592")
-        .env_remove("CUDALLOC_CONF");
+        .env_remove("CUDALLOC_CONF")
+        .env_remove("CUDALLOC_PRELOAD_FAULT");
     if let Some(p) = preload {
         cmd.env("LD_PRELOAD", p);
     }
@@ -79,17 +82,29 @@ fn run(exe: &Path, preload: Option<&Path>, env: &[(&str, &str)]) -> Run {
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(
         o.status.success(),
-        "{} (preload: {preload:?}) failed: {stdout}{stderr}",
-        exe.display()
+        "{} (preload: {preload:?}, env: {env:?}) failed ({}): {stdout}{stderr}",
+        exe.display(),
+        o.status
     );
-    let allocs = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("allocs="))
-        .unwrap_or_else(|| panic!("no allocs line in {stdout}"))
-        .trim()
+    (stdout, stderr)
+}
+
+/// The number a client printed as `key=N`.
+fn figure(stdout: &str, key: &str) -> i64 {
+    stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {stdout}"))
         .parse()
-        .unwrap();
-    Run { allocs, stderr }
+        .unwrap()
+}
+
+fn run(exe: &Path, preload: Option<&Path>, env: &[(&str, &str)]) -> Run {
+    let (stdout, stderr) = run_client(exe, preload, env);
+    Run {
+        allocs: figure(&stdout, "allocs") as u64,
+        stderr,
+    }
 }
 
 #[test]
@@ -190,6 +205,54 @@ fn panics_in_the_exit_and_fork_handlers_stay_in_the_shim() {
             "{handler}: {}",
             r.stderr
         );
+    }
+}
+
+#[test]
+fn bad_frees_get_the_drivers_answer_and_change_nothing() {
+    let lib = preload_lib();
+    let exe = compile("preload_frees", true);
+    // Plain, the driver itself answers every bad free (CUDA_ERROR_INVALID_VALUE, which the
+    // client checks), so the client's expectations are the driver's.
+    let (plain, _) = run_client(&exe, None, &[]);
+    assert!(figure(&plain, "driver_frees") >= 10, "plain run: {plain}");
+    // Preloaded, the same answers come from the shim, which never hands the driver a pointer
+    // inside its segments; the client then checks that every block still holds its data.
+    for conf in ["", "expandable_segments:True"] {
+        let (pre, stderr) = run_client(&exe, Some(&lib), &[("CUDALLOC_CONF", conf)]);
+        assert_eq!(
+            figure(&pre, "driver_frees"),
+            0,
+            "conf {conf:?}: {pre}{stderr}"
+        );
+        assert!(shim_lines(&stderr).is_empty(), "conf {conf:?}: {stderr}");
+    }
+}
+
+#[test]
+fn free_memory_never_exceeds_total_under_threads() {
+    let lib = preload_lib();
+    let exe = compile("preload_meminfo", true);
+    // 8 threads allocate and free while asking cuMemGetInfo_v2, on devices small enough that
+    // the cache keeps taking and giving back segments (the old shim reported free > total in
+    // every such run).
+    for capacity in ["1073741824", "2147483648"] {
+        for conf in ["", "expandable_segments:True"] {
+            let (out, stderr) = run_client(
+                &exe,
+                Some(&lib),
+                &[
+                    ("CUDALLOC_STANDIN_CAPACITY", capacity),
+                    ("CUDALLOC_CONF", conf),
+                ],
+            );
+            assert!(figure(&out, "calls") >= 8 * 3000, "{out}{stderr}");
+            assert_eq!(
+                figure(&out, "violations"),
+                0,
+                "capacity {capacity}, conf {conf:?}: {out}{stderr}"
+            );
+        }
     }
 }
 

@@ -162,29 +162,40 @@ pub unsafe extern "C" fn cuMemFreeAsync_ptsz(ptr: CuDevicePtr, stream: CuStream)
     })
 }
 
-/// Free memory as the driver reports it plus what the cache holds free.
+/// Free memory as the driver reports it plus what the cache holds free, never more than
+/// total.
 ///
 /// # Safety
 /// As the CUDA function of the same name: pointer arguments must be valid for it.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CuResult {
     boundary("cuMemGetInfo_v2", CUDA_ERROR_UNKNOWN, || {
-        let r = call_real!(
-            Sym::MemGetInfo,
-            MemInfoFn,
-            CUDA_ERROR_NOT_FOUND,
-            (free, total)
-        );
-        if r != CUDA_SUCCESS || free.is_null() {
-            return r;
+        let real = || {
+            call_real!(
+                Sym::MemGetInfo,
+                MemInfoFn,
+                CUDA_ERROR_NOT_FOUND,
+                (free, total)
+            )
+        };
+        if free.is_null() || total.is_null() {
+            return real();
         }
-        if let Some(_g) = Inside::enter()
-            && let Some(c) = cache()
-            && let Some(dev) = current_device()
-        {
-            let extra = c.cached_free(dev) as usize;
-            // SAFETY: the real call succeeded, so `free` is a valid pointer it wrote.
-            unsafe { *free = (*free).saturating_add(extra) };
+        let Some(_g) = Inside::enter() else {
+            return real();
+        };
+        let Some(c) = cache() else {
+            return real();
+        };
+        let Some(dev) = current_device() else {
+            return real();
+        };
+        let (r, resident) = c.driver_figures(dev, real);
+        if r == CUDA_SUCCESS {
+            // SAFETY: the real call succeeded, so both pointers are valid and were written.
+            unsafe {
+                *free = c.free_to_report(dev, *free as u64, *total as u64, resident) as usize
+            };
         }
         r
     })

@@ -15,9 +15,12 @@
 //! Semantics kept: `cuMemFree`/`cudaFree` imply the block's work is done before reuse, so a
 //! freed block is *deferred*: it becomes reusable only after one device synchronization,
 //! made when the cache cannot serve a request otherwise (or too much is deferred). Async
-//! variants follow stream order. Pointers the cache did not hand out go to the real driver;
-//! allocations on a capturing stream go to the real driver. `cuMemGetInfo_v2` adds what the
-//! cache holds free to the driver's figure.
+//! variants follow stream order. The shim owns its segments: a free of any address inside
+//! them that is not a live allocation (a second free, a pointer inside a block, a block it
+//! never handed out) gets the driver's own answer, `CUDA_ERROR_INVALID_VALUE`, and changes
+//! nothing; only pointers outside every segment of the cache go to the real driver, as do
+//! allocations on a capturing stream. `cuMemGetInfo_v2` adds what the cache holds free to the
+//! driver's figure, both read at one moment, so free never exceeds total.
 //!
 //! Robustness: lazy start on first use (no constructor calls the driver); a start that fails
 //! or panics disables the cache (calls pass to the real driver, one line on stderr); a forked
@@ -29,8 +32,8 @@
 //!
 //! Files, by concern: `table.rs` (the symbols), `real.rs` (finding and calling the real
 //! functions), `guard.rs` (re-entrancy guard, panic boundary), `lifecycle.rs` (start, exit,
-//! fork), `cache.rs` (the allocator and deferred frees), `driver.rs`, `runtime.rs` and
-//! `resolve.rs` (the hooks).
+//! fork), `segments.rs` (which addresses the cache owns), `cache.rs` (the allocator and
+//! deferred frees), `driver.rs`, `runtime.rs` and `resolve.rs` (the hooks).
 
 use std::ffi::{c_int, c_void};
 
@@ -44,6 +47,7 @@ mod guard;
 mod lifecycle;
 mod resolve;
 mod runtime;
+mod segments;
 
 /// The driver's status (`CUresult`).
 type CuResult = c_int;
