@@ -10,7 +10,9 @@
 //! cache's). Must not: decide anything about blocks (the allocator does), or call the driver
 //! other than through the wrapped backend. Its lock is taken inside the allocator's (a new
 //! segment is allocated with a stream's lock held), so nothing here may call back into the
-//! allocator while holding it.
+//! allocator while holding it. Every method of [`Backend`] is forwarded: one added to the
+//! trait with a default body must be forwarded here too, or the wrapper would answer with
+//! the default instead of the driver.
 
 use std::collections::BTreeMap;
 
