@@ -7,197 +7,20 @@
 //! current context is restored afterwards). Events come from a per-device pool and are
 //! created without timing.
 
-use std::ffi::{CStr, c_char, c_int, c_uint};
+use std::ffi::c_int;
 use std::sync::OnceLock;
 
 use cudarc::driver::sys;
 use parking_lot::Mutex;
 
-/// A `CUresult` read as the integer the driver returns. cudarc declares the entry points as
-/// returning its `CUresult` enum, and a status the bindings do not list (a newer driver's)
-/// would then be undefined behaviour; so the backend resolves the functions itself, from
-/// the library cudarc loaded, with `int` results.
-type CuStatus = c_int;
-const CUDA_SUCCESS: CuStatus = 0;
-const CUDA_ERROR_OUT_OF_MEMORY: CuStatus = 2;
-const CUDA_ERROR_INVALID_DEVICE: CuStatus = 101;
-const CUDA_ERROR_NOT_READY: CuStatus = 600;
-const CU_EVENT_DISABLE_TIMING: c_uint = 2;
-
-type Prop = sys::CUmemAllocationProp;
-type Handle = sys::CUmemGenericAllocationHandle;
-
-/// The driver entry points the backend calls (C names, C signatures).
-#[allow(non_snake_case)]
-struct Driver {
-    cuInit: unsafe extern "C" fn(c_uint) -> CuStatus,
-    cuDeviceGetCount: unsafe extern "C" fn(*mut c_int) -> CuStatus,
-    cuDeviceGet: unsafe extern "C" fn(*mut sys::CUdevice, c_int) -> CuStatus,
-    cuDevicePrimaryCtxRetain: unsafe extern "C" fn(*mut sys::CUcontext, sys::CUdevice) -> CuStatus,
-    cuDevicePrimaryCtxRelease_v2: unsafe extern "C" fn(sys::CUdevice) -> CuStatus,
-    cuCtxGetCurrent: unsafe extern "C" fn(*mut sys::CUcontext) -> CuStatus,
-    cuCtxSetCurrent: unsafe extern "C" fn(sys::CUcontext) -> CuStatus,
-    cuCtxSynchronize: unsafe extern "C" fn() -> CuStatus,
-    cuMemAlloc_v2: unsafe extern "C" fn(*mut sys::CUdeviceptr, usize) -> CuStatus,
-    cuMemFree_v2: unsafe extern "C" fn(sys::CUdeviceptr) -> CuStatus,
-    cuMemGetInfo_v2: unsafe extern "C" fn(*mut usize, *mut usize) -> CuStatus,
-    cuEventCreate: unsafe extern "C" fn(*mut sys::CUevent, c_uint) -> CuStatus,
-    cuEventRecord: unsafe extern "C" fn(sys::CUevent, sys::CUstream) -> CuStatus,
-    cuEventQuery: unsafe extern "C" fn(sys::CUevent) -> CuStatus,
-    cuEventSynchronize: unsafe extern "C" fn(sys::CUevent) -> CuStatus,
-    cuEventDestroy_v2: unsafe extern "C" fn(sys::CUevent) -> CuStatus,
-    cuGetErrorName: unsafe extern "C" fn(CuStatus, *mut *const c_char) -> CuStatus,
-    vmm: Option<Vmm>,
-}
-
-/// Virtual-memory entry points (optional: older drivers lack them).
-#[allow(non_snake_case)]
-struct Vmm {
-    cuMemGetAllocationGranularity: unsafe extern "C" fn(*mut usize, *const Prop, c_int) -> CuStatus,
-    cuMemAddressReserve: unsafe extern "C" fn(
-        *mut sys::CUdeviceptr,
-        usize,
-        usize,
-        sys::CUdeviceptr,
-        u64,
-    ) -> CuStatus,
-    cuMemAddressFree: unsafe extern "C" fn(sys::CUdeviceptr, usize) -> CuStatus,
-    cuMemCreate: unsafe extern "C" fn(*mut Handle, usize, *const Prop, u64) -> CuStatus,
-    cuMemRelease: unsafe extern "C" fn(Handle) -> CuStatus,
-    cuMemMap: unsafe extern "C" fn(sys::CUdeviceptr, usize, usize, Handle, u64) -> CuStatus,
-    cuMemUnmap: unsafe extern "C" fn(sys::CUdeviceptr, usize) -> CuStatus,
-    cuMemSetAccess: unsafe extern "C" fn(
-        sys::CUdeviceptr,
-        usize,
-        *const sys::CUmemAccessDesc,
-        usize,
-    ) -> CuStatus,
-}
-
-/// Look `name` up in the library cudarc loaded.
-///
-/// # Safety
-/// The library must be loaded (`culib` must not panic) and `F` must be `name`'s C type.
-unsafe fn symbol<F: Copy>(name: &str) -> Option<F> {
-    // SAFETY: per the contract; cudarc keeps the library loaded for the process's life, so
-    // the copied pointer cannot dangle.
-    unsafe { sys::culib().get::<F>(name.as_bytes()) }
-        .ok()
-        .map(|s| *s)
-}
-
-impl Driver {
-    /// Resolve every entry point; `Err` names the missing ones.
-    ///
-    /// # Safety
-    /// The driver library must be loaded (see [`symbol`]).
-    unsafe fn load() -> Result<Driver, String> {
-        let mut missing = Vec::new();
-        macro_rules! req {
-            ($name:ident) => {
-                // SAFETY: the field's type is the C signature of the entry point.
-                match unsafe { symbol(stringify!($name)) } {
-                    Some(f) => Some(f),
-                    None => {
-                        missing.push(stringify!($name));
-                        None
-                    }
-                }
-            };
-        }
-        macro_rules! opt {
-            ($name:ident) => {
-                // SAFETY: the field's type is the C signature of the entry point.
-                unsafe { symbol(stringify!($name)) }
-            };
-        }
-        let vmm = (|| {
-            Some(Vmm {
-                cuMemGetAllocationGranularity: opt!(cuMemGetAllocationGranularity)?,
-                cuMemAddressReserve: opt!(cuMemAddressReserve)?,
-                cuMemAddressFree: opt!(cuMemAddressFree)?,
-                cuMemCreate: opt!(cuMemCreate)?,
-                cuMemRelease: opt!(cuMemRelease)?,
-                cuMemMap: opt!(cuMemMap)?,
-                cuMemUnmap: opt!(cuMemUnmap)?,
-                cuMemSetAccess: opt!(cuMemSetAccess)?,
-            })
-        })();
-        let d = (
-            req!(cuInit),
-            req!(cuDeviceGetCount),
-            req!(cuDeviceGet),
-            req!(cuDevicePrimaryCtxRetain),
-            req!(cuDevicePrimaryCtxRelease_v2),
-            req!(cuCtxGetCurrent),
-            req!(cuCtxSetCurrent),
-            req!(cuCtxSynchronize),
-            req!(cuMemAlloc_v2),
-            req!(cuMemFree_v2),
-            req!(cuMemGetInfo_v2),
-            req!(cuEventCreate),
-            req!(cuEventRecord),
-            req!(cuEventQuery),
-            req!(cuEventSynchronize),
-            req!(cuEventDestroy_v2),
-            req!(cuGetErrorName),
-        );
-        if !missing.is_empty() {
-            return Err(missing.join(", "));
-        }
-        let (a, b, c, dd, e, f, g, h, i, j, k, l, m, n, o, p, q) = d;
-        Ok(Driver {
-            cuInit: a.unwrap(),
-            cuDeviceGetCount: b.unwrap(),
-            cuDeviceGet: c.unwrap(),
-            cuDevicePrimaryCtxRetain: dd.unwrap(),
-            cuDevicePrimaryCtxRelease_v2: e.unwrap(),
-            cuCtxGetCurrent: f.unwrap(),
-            cuCtxSetCurrent: g.unwrap(),
-            cuCtxSynchronize: h.unwrap(),
-            cuMemAlloc_v2: i.unwrap(),
-            cuMemFree_v2: j.unwrap(),
-            cuMemGetInfo_v2: k.unwrap(),
-            cuEventCreate: l.unwrap(),
-            cuEventRecord: m.unwrap(),
-            cuEventQuery: n.unwrap(),
-            cuEventSynchronize: o.unwrap(),
-            cuEventDestroy_v2: p.unwrap(),
-            cuGetErrorName: q.unwrap(),
-            vmm,
-        })
-    }
-}
+mod driver;
 
 use super::{Backend, EventId, MemInfo, StreamId};
 use crate::error::BackendError;
-
-static DRIVER: OnceLock<Result<Driver, String>> = OnceLock::new();
-
-/// The name the driver gives a status (`CUDA_ERROR_INVALID_VALUE`), or its number.
-fn error_name(drv: &Driver, r: CuStatus) -> String {
-    let mut s: *const c_char = std::ptr::null();
-    // SAFETY: cuGetErrorName accepts any value and either fails or stores a pointer to a
-    // static NUL-terminated string.
-    let ok = unsafe { (drv.cuGetErrorName)(r, &mut s) } == CUDA_SUCCESS;
-    if ok && !s.is_null() {
-        // SAFETY: the driver returned a valid NUL-terminated static string.
-        unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned()
-    } else {
-        format!("CUresult {r}")
-    }
-}
-
-fn check(drv: &Driver, r: CuStatus, what: &str) -> Result<(), BackendError> {
-    match r {
-        CUDA_SUCCESS => Ok(()),
-        CUDA_ERROR_OUT_OF_MEMORY => Err(BackendError::OutOfMemory),
-        other => Err(BackendError::Driver {
-            code: other,
-            message: format!("{what}: {}", error_name(drv, other)),
-        }),
-    }
-}
+use driver::{
+    CU_EVENT_DISABLE_TIMING, CUDA_ERROR_INVALID_DEVICE, CUDA_ERROR_NOT_READY, CUDA_SUCCESS, DRIVER,
+    Driver, Vmm, check,
+};
 
 struct Device {
     ordinal: i32,
