@@ -307,6 +307,23 @@ fn a_quarantined_block_stays_out_when_its_recorded_events_complete() {
     alloc.check_invariants().unwrap();
 }
 
+#[test]
+fn close_reports_what_drop_cannot() {
+    let backend = Faulty {
+        fail_free: true,
+        ..Faulty::new()
+    };
+    let alloc = CachingAllocator::new(backend, Config::default()).unwrap();
+    drop(alloc.malloc(3 * MIB, 0).unwrap());
+    drop(alloc.malloc(MIB / 2, 0).unwrap());
+    let e = alloc.close().expect_err("the driver's free failed");
+    assert!(e.to_string().contains("injected free failure"), "{e}");
+    // With a driver that frees, close gives everything back without an error.
+    let alloc = CachingAllocator::new(Faulty::new(), Config::default()).unwrap();
+    drop(alloc.malloc(3 * MIB, 0).unwrap());
+    alloc.close().unwrap();
+}
+
 /// The simulator behind a backend that fails on demand, with no virtual-memory support.
 struct Faulty {
     sim: SimBackend,
@@ -318,6 +335,8 @@ struct Faulty {
     fail_record_on: Option<u64>,
     /// `synchronize_device` fails.
     fail_sync: bool,
+    /// `free_segment` fails.
+    fail_free: bool,
     event_streams: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
 }
 
@@ -329,6 +348,7 @@ impl Faulty {
             fail_record_and_sync: false,
             fail_record_on: None,
             fail_sync: false,
+            fail_free: false,
             event_streams: Default::default(),
         }
     }
@@ -350,6 +370,9 @@ impl cudalloc::Backend for Faulty {
         self.sim.alloc_segment(d, s)
     }
     fn free_segment(&self, d: usize, a: u64, s: u64) -> Result<(), BackendError> {
+        if self.fail_free {
+            return Err(injected("free"));
+        }
         self.sim.free_segment(d, a, s)
     }
     fn mem_info(&self, d: usize) -> Result<cudalloc::MemInfo, BackendError> {

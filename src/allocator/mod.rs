@@ -66,6 +66,8 @@ pub struct CachingAllocator<B: Backend> {
     devices: Box<[Device]>,
     deferred: Mutex<Option<Error>>,
     used: AtomicBool,
+    /// Everything was given back by [`CachingAllocator::close`]: `Drop` has nothing to do.
+    closed: bool,
 }
 
 impl<B: Backend> std::fmt::Debug for CachingAllocator<B> {
@@ -110,6 +112,7 @@ impl<B: Backend> CachingAllocator<B> {
                 .map(|d| Device::new(d, granularity[d], oversize))
                 .collect(),
             deferred: Mutex::new(None),
+            closed: false,
             used: AtomicBool::new(false),
         })
     }
@@ -147,17 +150,31 @@ impl<B: Backend> CachingAllocator<B> {
     }
 }
 
-impl<B: Backend> Drop for CachingAllocator<B> {
-    fn drop(&mut self) {
-        // Every segment goes back to the driver; nothing can refer to them any more (RAII
-        // allocations borrow the allocator; raw ones are the caller's to stop using).
+impl<B: Backend> CachingAllocator<B> {
+    /// Give every segment back to the driver now and report the first driver error (every
+    /// segment is still tried). Dropping the allocator does the same, but has no caller left
+    /// to tell about an error.
+    ///
+    /// # Errors
+    /// The first backend error met.
+    pub fn close(mut self) -> Result<()> {
+        self.closed = true;
+        self.give_everything_back()
+    }
+
+    /// Every segment and reserved range back to the driver; nothing can refer to them any
+    /// more (RAII allocations borrow the allocator; raw ones are the caller's to stop using).
+    fn give_everything_back(&self) -> Result<()> {
+        let mut first_err: Option<Error> = None;
         for dev in self.devices.iter() {
             let mut all = Vec::new();
             for stream_slot in dev.slots() {
                 let g = stream_slot.pools.lock();
                 for s in g.segments() {
                     if s.expandable {
-                        let _ = self.backend.unmap_pages(dev.index, s.addr, s.size);
+                        if let Err(e) = self.backend.unmap_pages(dev.index, s.addr, s.size) {
+                            first_err.get_or_insert(e.into());
+                        }
                     } else {
                         all.push(ReleasedSegment {
                             addr: s.addr,
@@ -168,12 +185,26 @@ impl<B: Backend> Drop for CachingAllocator<B> {
                     }
                 }
                 for pool in [PoolKind::Small, PoolKind::Large] {
-                    if let Some((addr, size)) = g.expandable_segment(pool) {
-                        let _ = self.backend.free_range(dev.index, addr, size);
+                    if let Some((addr, size)) = g.expandable_segment(pool)
+                        && let Err(e) = self.backend.free_range(dev.index, addr, size)
+                    {
+                        first_err.get_or_insert(e.into());
                     }
                 }
             }
-            let _ = self.free_segments(dev, &all);
+            if let Err(e) = self.free_segments(dev, &all) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl<B: Backend> Drop for CachingAllocator<B> {
+    fn drop(&mut self) {
+        if !self.closed {
+            // No caller is left to report an error to; close() is the way to see it.
+            let _ = self.give_everything_back();
         }
     }
 }
