@@ -58,6 +58,36 @@ impl ReplayOptions {
     }
 }
 
+/// What a reference allocator (PyTorch's, [`crate::reference`]) did on the same replay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reference {
+    /// Always "pytorch" (the only reference engine).
+    pub engine: &'static str,
+    /// `torch.__version__` without its local part (e.g. "2.15.0").
+    pub torch_version: String,
+    /// `reserved_bytes.all.peak`.
+    pub peak_reserved: u64,
+    /// `num_device_alloc`, after the warm start.
+    pub device_allocs: u64,
+    /// Allocations that raised `torch.OutOfMemoryError`.
+    pub ooms: u64,
+    /// Alloc and free operations replayed.
+    pub events: u64,
+    /// Seconds of the child's replay loop.
+    pub seconds: f64,
+}
+
+impl Reference {
+    /// Replayed events per second in the child.
+    pub fn events_per_second(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.events as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
 /// One sample of the series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Point {
@@ -112,7 +142,7 @@ pub struct ReplayReport {
     pub notes: Vec<String>,
     /// The same replay through PyTorch's own allocator, when asked for
     /// ([`crate::reference`]; [`replay_device`] leaves it `None`).
-    pub reference: Option<crate::reference::Reference>,
+    pub reference: Option<Reference>,
 }
 
 impl ReplayReport {

@@ -13,40 +13,11 @@ use std::process::{Command, Stdio};
 
 use crate::config::Config;
 use crate::replay::Op;
+pub use crate::replay::Reference;
 use crate::standin::Standin;
 
 /// The child's program (written here, run with `python -c`).
 const REPLAY_PY: &str = include_str!("replay_pytorch.py");
-
-/// What PyTorch's allocator did on a replay.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reference {
-    /// Always "pytorch" (the only reference engine).
-    pub engine: &'static str,
-    /// `torch.__version__` without its local part (e.g. "2.15.0").
-    pub torch_version: String,
-    /// `reserved_bytes.all.peak`.
-    pub peak_reserved: u64,
-    /// `num_device_alloc`, after the warm start.
-    pub device_allocs: u64,
-    /// Allocations that raised `torch.OutOfMemoryError`.
-    pub ooms: u64,
-    /// Alloc and free operations replayed.
-    pub events: u64,
-    /// Seconds of the child's replay loop.
-    pub seconds: f64,
-}
-
-impl Reference {
-    /// Replayed events per second in the child.
-    pub fn events_per_second(&self) -> f64 {
-        if self.seconds > 0.0 {
-            self.events as f64 / self.seconds
-        } else {
-            0.0
-        }
-    }
-}
 
 /// Why the reference could not be had. Each message says what is missing and how to get it.
 #[derive(Debug, Clone, PartialEq, Eq)]
