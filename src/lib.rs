@@ -21,6 +21,7 @@ pub mod allocator;
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod explain;
 pub mod history;
 pub mod ids;
 pub mod oom;

@@ -29,6 +29,16 @@ enum Cmd {
     /// Replay allocation traces (PyTorch memory snapshots, the project's CSV, RMM logs) on a
     /// simulated device and compare what cudalloc reserves with what PyTorch reserved.
     Replay(ReplayArgs),
+    /// Read PyTorch's "CUDA out of memory" message (as arguments, or on standard input) and
+    /// tell a real shortage (cut N MiB) from fragmentation (a setting helps). Prints
+    /// `verdict: shortage|fragmentation|unknown` first.
+    Explain {
+        /// The message (quoted, or as several words); none or `-`: read standard input.
+        message: Vec<String>,
+        /// One JSON object (`verdict`, `short_by_bytes`, the figures read).
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the stand-in CUDA (a libcudart.so.13, libcuda.so.1 and libnvidia-ml.so.1 over
     /// one device with no compute) into a folder and print the LD_PRELOAD line that runs the
     /// PyTorch CUDA wheel on it, on a machine with no GPU.
@@ -390,6 +400,7 @@ fn main() -> ExitCode {
     let res: Result<(), Box<dyn std::error::Error>> = match cli.cmd {
         Cmd::Replay(args) => replay(args),
         Cmd::Standin { dir } => standin(dir),
+        Cmd::Explain { message, json } => explain(message, json),
         Cmd::Demo {
             conf,
             capacity_gib,
@@ -403,6 +414,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn explain(message: Vec<String>, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let text = if message.is_empty() || message == ["-"] {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut s)?;
+        s
+    } else {
+        message.join(" ")
+    };
+    let e = cudalloc::explain::explain_text(&text)?;
+    if json {
+        println!("{}", e.to_json());
+    } else {
+        print!("{}", e.render());
+    }
+    Ok(())
 }
 
 fn standin(dir: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
