@@ -110,6 +110,8 @@ pub struct ReplayReport {
     pub device: usize,
     /// The configuration used, as a `CUDALLOC_CONF` string ("" = defaults).
     pub config: String,
+    /// The simulated device's capacity.
+    pub capacity: u64,
     /// Alloc and free events replayed (blocks live at the start included as allocs).
     pub events: u64,
     /// Peak live bytes: the lower bound on any allocator's reserved memory.
@@ -330,6 +332,7 @@ fn replay_until(
         trace: trace.path.clone(),
         device: dev.device,
         config: config.to_string(),
+        capacity,
         events: replayed,
         peak_allocated: dev.peak_live_bytes().max(peak_live),
         peak_reserved: peak_reserved.max(stats.segments.reserved_bytes[0].peak as u64),

@@ -73,8 +73,9 @@ struct ReplayArgs {
     /// side. Default: the settings recorded in the snapshot, else cudalloc's defaults.
     #[arg(long = "conf")]
     confs: Vec<String>,
-    /// Simulated device capacity (e.g. 80GiB); default: the trace's device, else 80GiB.
-    #[arg(long, value_parser = parse_size)]
+    /// Simulated device capacity with its unit (e.g. 80GiB); default: the trace's device,
+    /// else 80GiB.
+    #[arg(long, value_parser = capacity_arg)]
     capacity: Option<u64>,
     /// One JSON object per trace, device and configuration, instead of the table.
     #[arg(long)]
@@ -131,6 +132,16 @@ const SUGGESTED: [&str; 5] = [
     "roundup_power2_divisions:4",
 ];
 
+/// `--capacity`: a size with a unit (a bare number is refused: 200 bytes is never meant).
+fn capacity_arg(s: &str) -> Result<u64, String> {
+    if s.trim().chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(format!(
+            "'{s}' has no unit: write it with one, e.g. {s}GiB or {s}MiB"
+        ));
+    }
+    parse_size(s)
+}
+
 /// `PATH` for the first output, `PATH-2.ext`, `PATH-3.ext`... for the next ones.
 fn numbered(path: &Path, k: usize) -> PathBuf {
     if k == 0 {
@@ -150,7 +161,12 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
 }
 
-fn replay(args: ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
+/// Replay every trace; `Ok(true)` when some replay ran out of memory (with `--suggest`: when
+/// every setting did), which the exit status reports.
+fn replay(args: ReplayArgs) -> Result<bool, Box<dyn std::error::Error>> {
+    if let Some(p) = &args.plot {
+        plot::check_extension(p)?;
+    }
     let mut configs: Vec<Option<Config>> = Vec::new();
     for c in &args.confs {
         configs.push(Some(Config::parse_from("--conf", c)?));
@@ -164,14 +180,41 @@ fn replay(args: ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let mut k = 0;
+    let mut any_oom = false;
     for path in &args.traces {
-        let trace = read_trace(path, args.device)?;
+        let mut trace = read_trace(path, None)?;
+        if let Some(d) = args.device {
+            let with: Vec<String> = trace.devices.iter().map(|x| x.device.to_string()).collect();
+            trace.devices.retain(|x| x.device == d);
+            if trace.devices.is_empty() {
+                return Err(format!(
+                    "{}: device {d} has no events (devices with events: {})",
+                    path.display(),
+                    if with.is_empty() {
+                        "none".to_string()
+                    } else {
+                        with.join(", ")
+                    }
+                )
+                .into());
+            }
+        }
         if trace.devices.is_empty() {
             return Err(format!("{}: no events", path.display()).into());
         }
         for dev in &trace.devices {
             let mut reports = Vec::new();
+            let mut seen = Vec::new();
             for cfg in &configs {
+                // --suggest: a setting equal to the trace's own is replayed once.
+                let resolved = match cfg {
+                    Some(c) => c.to_string(),
+                    None => dev.settings.clone().unwrap_or_default().to_string(),
+                };
+                if seen.contains(&resolved) {
+                    continue;
+                }
+                seen.push(resolved);
                 let opts = ReplayOptions {
                     config: cfg.clone(),
                     capacity: args.capacity,
@@ -214,12 +257,14 @@ fn replay(args: ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 if let (Some(p), Some(bytes)) = (&args.dump_snapshot, &r.snapshot) {
                     let out = numbered(p, k);
-                    std::fs::write(&out, bytes)?;
+                    std::fs::write(&out, bytes)
+                        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
                     eprintln!("cudalloc: snapshot written to {}", out.display());
                 }
                 if let Some(p) = &args.plot {
-                    let out = numbered(p, k);
-                    plot::write_svg(&out, &r)?;
+                    let out = plot::path_for(p, k, conf_label(&r));
+                    plot::write(&out, &r, conf_label(&r))
+                        .map_err(|e| format!("cannot write the plot {}: {e}", out.display()))?;
                     eprintln!("cudalloc: plot written to {}", out.display());
                 }
                 k += 1;
@@ -228,6 +273,12 @@ fn replay(args: ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 reports.push(r);
             }
+            let oom = if args.suggest {
+                reports.iter().all(|r| r.ooms > 0)
+            } else {
+                reports.iter().any(|r| r.ooms > 0)
+            };
+            any_oom |= oom;
             if !args.json {
                 print_table(&reports);
                 if args.suggest {
@@ -236,7 +287,7 @@ fn replay(args: ReplayArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    Ok(())
+    Ok(any_oom)
 }
 
 fn json_line(r: &ReplayReport) -> String {
@@ -252,6 +303,7 @@ fn json_line(r: &ReplayReport) -> String {
         "pytorch_segment_allocs": r.pytorch_segment_allocs,
         "ooms": r.ooms,
         "warm_segments": r.warm_segments,
+        "capacity": r.capacity,
         "peak_event": r.peak_event,
         "summary_at_peak": r.summary_at_peak,
         "seconds": r.seconds,
@@ -273,11 +325,20 @@ fn print_table(reports: &[ReplayReport]) {
     };
     let lower = first.peak_allocated;
     println!("{} (device {})", first.trace, first.device);
+    for r in reports.iter().filter(|r| r.ooms > 0) {
+        println!(
+            "  OUT OF MEMORY: {} of the trace's allocations failed under [{}] on a {} device; \
+             the figures below are of a replay that did not serve them all",
+            r.ooms,
+            conf_label(r),
+            mib(r.capacity)
+        );
+    }
     println!("  events replayed:            {}", first.events);
     println!("  peak live (lower bound):    {}", mib(lower));
     if let Some(p) = first.pytorch_peak_reserved {
         println!(
-            "  PyTorch peak reserved:      {}  (+{:.1} % over the bound)  segment allocs: {}",
+            "  PyTorch peak reserved:      {}  ({:+.1} % over the bound)  segment allocs: {}",
             mib(p),
             ReplayReport::overhead_pct(p, lower),
             first.pytorch_segment_allocs.unwrap_or(0)
@@ -293,19 +354,14 @@ fn print_table(reports: &[ReplayReport]) {
         if r.warm_segments > 0 {
             conf += &format!("; from PyTorch's {} segments at start", r.warm_segments);
         }
-        let vs = r
-            .pytorch_peak_reserved
-            .map(|p| {
-                let d = r.peak_reserved as f64 - p as f64;
-                if d == 0.0 {
-                    "; same as PyTorch".to_string()
-                } else {
-                    format!("; {:+.1} % vs PyTorch", d / p.max(1) as f64 * 100.0)
-                }
-            })
-            .unwrap_or_default();
+        let vs = match r.pytorch_peak_reserved {
+            _ if r.ooms > 0 => "; not comparable with PyTorch: allocations failed".to_string(),
+            Some(p) if p == r.peak_reserved => "; same as PyTorch".to_string(),
+            Some(p) => format!("; {} vs PyTorch", versus(r.peak_reserved, p)),
+            None => String::new(),
+        };
         println!(
-            "  cudalloc peak reserved:     {}  (+{:.1} % over the bound{vs})  device allocs: {}  OOMs: {}  [{conf}]",
+            "  cudalloc peak reserved:     {}  ({:+.1} % over the bound{vs})  device allocs: {}  OOMs: {}  [{conf}]",
             mib(r.peak_reserved),
             ReplayReport::overhead_pct(r.peak_reserved, lower),
             r.device_allocs,
@@ -313,7 +369,7 @@ fn print_table(reports: &[ReplayReport]) {
         );
         if let Some(p) = &r.reference {
             println!(
-                "  PyTorch {}'s own allocator, same events and settings: {}  (+{:.1} % over the \
+                "  PyTorch {}'s own allocator, same events and settings: {}  ({:+.1} % over the \
                  bound; cudalloc {})  device allocs: {}  OOMs: {}  ({:.2} M events/s)",
                 p.torch_version,
                 mib(p.peak_reserved),
@@ -360,17 +416,22 @@ fn conf_label(r: &ReplayReport) -> &str {
     }
 }
 
-/// `--suggest`: the settings from least to most peak reserved memory (replays that ran out
-/// of simulated memory last).
+/// `--suggest`: the settings ranked by OOMs (fewest first), then by peak reserved memory;
+/// the trace's own setting marked; the winner as lines to paste.
 fn print_ranking(reports: &[ReplayReport]) {
     let Some(first) = reports.first() else {
         return;
     };
     let mut order: Vec<&ReplayReport> = reports.iter().collect();
-    order.sort_by_key(|r| (r.ooms > 0, r.peak_reserved));
-    println!("  settings ranked by cudalloc's peak reserved memory:");
+    order.sort_by_key(|r| (r.ooms, r.peak_reserved));
+    println!("  settings ranked by OOMs, then cudalloc's peak reserved memory:");
     for (k, r) in order.iter().enumerate() {
         let conf = conf_label(r);
+        let own = if std::ptr::eq(*r, first) {
+            "  (the trace's setting)"
+        } else {
+            ""
+        };
         let ooms = if r.ooms > 0 {
             format!("  OOMs: {}", r.ooms)
         } else {
@@ -379,36 +440,77 @@ fn print_ranking(reports: &[ReplayReport]) {
         let pytorch = r
             .reference
             .as_ref()
-            .map(|p| format!("  PyTorch's allocator: {}", mib(p.peak_reserved)))
+            .map(|p| {
+                let po = if p.ooms > 0 {
+                    format!(", OOMs: {}", p.ooms)
+                } else {
+                    String::new()
+                };
+                format!("  PyTorch's allocator: {}{po}", mib(p.peak_reserved))
+            })
             .unwrap_or_default();
         println!(
-            "    {}. {:<30} {:>12}  (+{:.1} % over the bound){ooms}{pytorch}",
+            "    {}. {:<30} {:>12}  ({:+.1} % over the bound){ooms}{pytorch}{own}",
             k + 1,
             conf,
             mib(r.peak_reserved),
             ReplayReport::overhead_pct(r.peak_reserved, first.peak_allocated),
         );
     }
-    println!(
-        "  (cudalloc's figures: its fixed-segment settings follow PyTorch's policy; its expandable \
-         segments give back more than PyTorch's)"
-    );
+    let best = order[0];
+    if best.ooms > 0 {
+        println!(
+            "  no setting serves every allocation on this capacity: the program needs less \
+             memory (cudalloc explain, or the OOM lines above, say how much)"
+        );
+    } else {
+        println!("  to use the best setting:");
+        println!("    with cudalloc:           CUDALLOC_CONF={}", best.config);
+        // PyTorch's figure on the same setting, when measured; its own best may differ.
+        let pick = order
+            .iter()
+            .filter(|r| r.reference.as_ref().is_some_and(|p| p.ooms == 0))
+            .min_by_key(|r| r.reference.as_ref().map(|p| p.peak_reserved));
+        match pick {
+            Some(r) => println!(
+                "    with PyTorch's allocator: PYTORCH_CUDA_ALLOC_CONF={}",
+                r.config
+            ),
+            None => println!(
+                "    with PyTorch's allocator: PYTORCH_CUDA_ALLOC_CONF={}  (cudalloc's ranking; \
+                 --reference pytorch ranks PyTorch's own)",
+                best.config
+            ),
+        }
+    }
 }
 
+/// Exit status of a replay in which allocations ran out of memory (1 is an error).
+const EXIT_OOM: u8 = 2;
+
 fn main() -> ExitCode {
+    // Like other Unix tools, stop quietly when the reader of stdout goes away
+    // (`cudalloc replay --json … | head -1`) instead of panicking on the failed write.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
-    let res: Result<(), Box<dyn std::error::Error>> = match cli.cmd {
+    let res: Result<bool, Box<dyn std::error::Error>> = match cli.cmd {
         Cmd::Replay(args) => replay(args),
-        Cmd::Standin { dir } => standin(dir),
-        Cmd::Explain { message, json } => explain(message, json),
+        Cmd::Standin { dir } => standin(dir).map(|()| false),
+        Cmd::Explain { message, json } => explain(message, json).map(|()| false),
         Cmd::Demo {
             conf,
             capacity_gib,
             steps,
-        } => demo(conf, capacity_gib, steps).map_err(Into::into),
+        } => demo(conf, capacity_gib, steps)
+            .map(|()| false)
+            .map_err(Into::into),
     };
     match res {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::from(EXIT_OOM),
         Err(e) => {
             eprintln!("cudalloc: {e}");
             ExitCode::FAILURE
