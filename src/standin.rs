@@ -87,8 +87,10 @@ impl Standin {
         })
     }
 
-    /// [`Standin::install`] into a folder of the system's temporary directory named after the
-    /// libraries' contents, so every process of this build shares one copy.
+    /// [`Standin::install`] into a folder named after the libraries' contents, so every
+    /// process of this build shares one copy: under the user's cache directory
+    /// (`$XDG_CACHE_HOME` or `~/.cache`, where other users cannot swap the libraries), else
+    /// the system's temporary directory.
     ///
     /// # Errors
     /// As [`Standin::install`].
@@ -100,9 +102,18 @@ impl Standin {
                 hash = (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
             }
         }
+        let name = format!("standin-{hash:016x}");
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+        if let Some(c) = cache
+            && let Ok(s) = Standin::install(&c.join("cudalloc").join(&name))
+        {
+            return Ok(s);
+        }
         let user = std::env::var("USER").unwrap_or_default();
-        let dir = std::env::temp_dir().join(format!("cudalloc-standin-{user}-{hash:016x}"));
-        Standin::install(&dir)
+        Standin::install(&std::env::temp_dir().join(format!("cudalloc-{user}-{name}")))
     }
 
     /// The folder holding the libraries.
