@@ -183,6 +183,22 @@ pub(crate) fn parse_csv(name: &str, input: impl Read) -> Result<Trace, TraceErro
         }
         let line = rec.position().map_or(0, |p| p.line());
         let at = || Some(format!("line {line}"));
+        if rec.len() <= ca.max(cp).max(cs) {
+            // A row cut short (a truncated file) is not a free with its size left empty.
+            return Err(err(
+                name,
+                at(),
+                format!(
+                    "only {} fields: the row stops before its {} column",
+                    rec.len(),
+                    [(ca, dialect.action), (cp, dialect.ptr), (cs, dialect.size)]
+                        .iter()
+                        .filter(|(c, _)| *c >= rec.len())
+                        .min()
+                        .map_or("", |x| x.1)
+                ),
+            ));
+        }
         let field = |c: usize| rec.get(c).unwrap_or("");
         let Some(alloc) =
             (dialect.classify)(&field(ca).to_ascii_lowercase()).map_err(|m| err(name, at(), m))?
