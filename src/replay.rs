@@ -228,9 +228,9 @@ fn replay_until(
         match alloc.allocate_raw(0, size, stream) {
             Ok(p) => {
                 map.insert(addr, (p, size));
-                *live = live.checked_add(size).ok_or_else(|| {
-                    Error::Internal("live bytes overflow in the replay".into())
-                })?;
+                *live = live
+                    .checked_add(size)
+                    .ok_or_else(|| Error::Internal("live bytes overflow in the replay".into()))?;
                 Ok(())
             }
             Err(Error::OutOfMemory(_)) => {

@@ -52,15 +52,25 @@ fn refused(name: &str, want: &str) {
 
 #[test]
 fn text_opcodes_at_end_of_file() {
-    for f in ["int-at-eof.pickle", "long-at-eof.pickle", "float-at-eof.pickle"] {
+    for f in [
+        "int-at-eof.pickle",
+        "long-at-eof.pickle",
+        "float-at-eof.pickle",
+    ] {
         refused(f, "truncated at byte 3");
     }
 }
 
 #[test]
 fn memo_indices_that_wrap_or_are_huge() {
-    refused("put-wraps.pickle", "memo index 18446744073709551615 too large at byte 3");
-    refused("put-huge.pickle", "memo index 4294967295 too large at byte 3");
+    refused(
+        "put-wraps.pickle",
+        "memo index 18446744073709551615 too large at byte 3",
+    );
+    refused(
+        "put-huge.pickle",
+        "memo index 4294967295 too large at byte 3",
+    );
 }
 
 #[test]
@@ -70,20 +80,35 @@ fn deep_nesting_does_not_overflow_the_stack() {
 
 #[test]
 fn memo_references_cannot_multiply_the_work() {
-    refused("memo-device-traces.pickle", "more entries than its size allows");
+    refused(
+        "memo-device-traces.pickle",
+        "more entries than its size allows",
+    );
     refused("memo-segments.pickle", "a second segment at 0x100000");
 }
 
 #[test]
 fn sizes_are_checked() {
-    refused("segment-negative.pickle", "'total_size' is negative (-2097152)");
-    refused("alloc-size-negative.pickle", "event 0: 'size' is negative (-1)");
-    refused("alloc-size-string.pickle", "event 0: 'size' is not an integer");
+    refused(
+        "segment-negative.pickle",
+        "'total_size' is negative (-2097152)",
+    );
+    refused(
+        "alloc-size-negative.pickle",
+        "event 0: 'size' is negative (-1)",
+    );
+    refused(
+        "alloc-size-string.pickle",
+        "event 0: 'size' is not an integer",
+    );
 }
 
 #[test]
 fn settings_are_checked_as_conf_checks_them() {
-    refused("max-split-1.pickle", "max_split_size = 1 is not a positive whole number");
+    refused(
+        "max-split-1.pickle",
+        "max_split_size = 1 is not a positive whole number",
+    );
 }
 
 #[test]

@@ -37,7 +37,11 @@ fn seeds() -> Vec<Seed> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut out = Vec::new();
     // The shipped CSVs, cut to their first 300 lines (a valid trace, fast to replay).
-    for f in ["cpu_bert_train.csv", "cpu_gpt2_train.csv", "cpu_resnet18_train.csv"] {
+    for f in [
+        "cpu_bert_train.csv",
+        "cpu_gpt2_train.csv",
+        "cpu_resnet18_train.csv",
+    ] {
         let text = std::fs::read_to_string(root.join("traces").join(f)).unwrap();
         let head: String = text.lines().take(300).flat_map(|l| [l, "\n"]).collect();
         out.push(Seed {
@@ -102,7 +106,15 @@ const TEXTS: &[&str] = &[
     "free",
     "\n",
 ];
-const INTS: &[u64] = &[0, 1, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff, u64::MAX, 1 << 63];
+const INTS: &[u64] = &[
+    0,
+    1,
+    0x7fff_ffff,
+    0x8000_0000,
+    0xffff_ffff,
+    u64::MAX,
+    1 << 63,
+];
 
 fn mutate_once(rng: &mut TestRng, d: &mut Vec<u8>, other: &[u8]) {
     if d.is_empty() {
@@ -171,7 +183,9 @@ fn check(path: &Path, code: Option<i32>, out: &str, err: &str, took: Duration) -
                 let n = |k: &str| v[k].as_u64();
                 let bad = n("peak_reserved").is_none_or(|x| x > CAPACITY)
                     || n("peak_allocated").is_none_or(|x| x > MAX_BYTES)
-                    || v["pytorch_peak_reserved"].as_u64().is_some_and(|x| x > MAX_BYTES);
+                    || v["pytorch_peak_reserved"]
+                        .as_u64()
+                        .is_some_and(|x| x > MAX_BYTES);
                 if bad {
                     return Some(format!("exit 0 with impossible figures: {line}"));
                 }
@@ -303,7 +317,11 @@ fn mutated_traces_never_crash_the_cli() {
     let keep = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/mutation-failures");
     for (k, i, _) in &failures {
         std::fs::create_dir_all(&keep).ok();
-        std::fs::write(keep.join(format!("case{k}-{}", seeds[*i].name)), &inputs[*k].1).ok();
+        std::fs::write(
+            keep.join(format!("case{k}-{}", seeds[*i].name)),
+            &inputs[*k].1,
+        )
+        .ok();
     }
     eprintln!(
         "{cases} mutated cases over {} seeds: {} replayed (exit 0), {} refused (exit 1), {} \

@@ -85,7 +85,10 @@ fn several_streams_and_devices_round_trip() {
     for i in 0..30u64 {
         let dev = (i % 2) as usize;
         let stream = [0, s1, s2][(i % 3) as usize];
-        held.push((dev, alloc.allocate_raw(dev, (i + 1) * 100_000, stream).unwrap()));
+        held.push((
+            dev,
+            alloc.allocate_raw(dev, (i + 1) * 100_000, stream).unwrap(),
+        ));
     }
     for (dev, p) in held.drain(..).step_by(2) {
         alloc.free_raw(dev, p).unwrap();
@@ -97,7 +100,10 @@ fn several_streams_and_devices_round_trip() {
         .iter()
         .flat_map(|d| d.events.iter().map(|e| e.stream))
         .collect();
-    assert!(streams.contains(&s1) && streams.contains(&s2), "{streams:?}");
+    assert!(
+        streams.contains(&s1) && streams.contains(&s2),
+        "{streams:?}"
+    );
 }
 
 #[test]

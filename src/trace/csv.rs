@@ -10,9 +10,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 
-use super::{
-    DeviceTrace, Event, EventKind, MAX_BYTES, Trace, TraceError, TraceFormat, err, short,
-};
+use super::{DeviceTrace, Event, EventKind, MAX_BYTES, Trace, TraceError, TraceFormat, err, short};
 
 /// Longest line accepted, in bytes.
 pub const MAX_LINE: usize = 1 << 20;
@@ -205,27 +203,38 @@ pub(crate) fn parse_csv(name: &str, input: impl Read) -> Result<Trace, TraceErro
         else {
             continue;
         };
-        let addr = parse_int(field(cp))
-            .ok_or_else(|| err(name, at(), format!("bad {} {}", dialect.ptr, short(field(cp)))))?;
+        let addr = parse_int(field(cp)).ok_or_else(|| {
+            err(
+                name,
+                at(),
+                format!("bad {} {}", dialect.ptr, short(field(cp))),
+            )
+        })?;
         let size = if field(cs).is_empty() && !alloc && dialect.free_size_optional {
             0
         } else {
             parse_int(field(cs)).ok_or_else(|| {
-                err(name, at(), format!("bad {} {}", dialect.size, short(field(cs))))
+                err(
+                    name,
+                    at(),
+                    format!("bad {} {}", dialect.size, short(field(cs))),
+                )
             })?
         };
         if size > MAX_BYTES {
             return Err(err(
                 name,
                 at(),
-                format!("{} {size} is out of range (at most {MAX_BYTES})", dialect.size),
+                format!(
+                    "{} {size} is out of range (at most {MAX_BYTES})",
+                    dialect.size
+                ),
             ));
         }
         let stream = match cst.map(field) {
             None | Some("") => 0,
-            Some(s) => parse_int(s).ok_or_else(|| {
-                err(name, at(), format!("bad {} {}", dialect.stream, short(s)))
-            })?,
+            Some(s) => parse_int(s)
+                .ok_or_else(|| err(name, at(), format!("bad {} {}", dialect.stream, short(s))))?,
         };
         if alloc {
             if size == 0 {

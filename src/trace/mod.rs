@@ -285,14 +285,16 @@ pub fn validate(name: &str, dev: &DeviceTrace) -> Result<(), TraceError> {
         match e.kind {
             EventKind::Alloc => {
                 if sizes.insert(e.addr, e.size).is_some() {
-                    return Err(err(name, at(), format!("{:#x} allocated while live", e.addr)));
+                    return Err(err(
+                        name,
+                        at(),
+                        format!("{:#x} allocated while live", e.addr),
+                    ));
                 }
                 live = live
                     .checked_add(e.size)
                     .filter(|&l| l <= MAX_BYTES)
-                    .ok_or_else(|| {
-                        err(name, at(), format!("live bytes exceed {MAX_BYTES}"))
-                    })?;
+                    .ok_or_else(|| err(name, at(), format!("live bytes exceed {MAX_BYTES}")))?;
             }
             EventKind::Free => {
                 if let Some(s) = sizes.remove(&e.addr) {

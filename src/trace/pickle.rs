@@ -100,7 +100,6 @@ impl PVal {
     }
 }
 
-
 impl Drop for PVal {
     /// Iterative: a list nested a million deep (two bytes a level in a pickle) must not
     /// overflow the stack when it is dropped. Children of containers this value solely owns
@@ -173,7 +172,9 @@ impl<'a> Reader<'a> {
     fn line(&mut self) -> Result<&'a str, String> {
         let start = self.pos;
         let Some(n) = self.data[start..].iter().position(|&b| b == b'\n') else {
-            return Err(format!("truncated at byte {start} (a text argument without its newline)"));
+            return Err(format!(
+                "truncated at byte {start} (a text argument without its newline)"
+            ));
         };
         self.pos = start + n + 1;
         std::str::from_utf8(&self.data[start..start + n])
@@ -244,21 +245,24 @@ impl Machine {
         if self.stack.len() <= self.fence() {
             return Err(format!("stack underflow at byte {at}"));
         }
-        self.stack.pop().ok_or(format!("stack underflow at byte {at}"))
+        self.stack
+            .pop()
+            .ok_or(format!("stack underflow at byte {at}"))
     }
     fn top(&self, at: usize) -> Result<&PVal, String> {
         if self.stack.len() <= self.fence() {
             return Err(format!("stack underflow at byte {at}"));
         }
-        self.stack.last().ok_or(format!("stack underflow at byte {at}"))
+        self.stack
+            .last()
+            .ok_or(format!("stack underflow at byte {at}"))
     }
     /// Pop the latest mark and the items above it; the item below (the target of
     /// APPENDS/SETITEMS) must be above the previous mark.
     fn pop_mark(&mut self, at: usize) -> Result<Vec<PVal>, String> {
-        let m = self
-            .marks
-            .pop()
-            .ok_or(format!("an opcode that needs a MARK, without one, at byte {at}"))?;
+        let m = self.marks.pop().ok_or(format!(
+            "an opcode that needs a MARK, without one, at byte {at}"
+        ))?;
         Ok(self.stack.split_off(m.min(self.stack.len())))
     }
     fn target_ok(&self) -> bool {
@@ -319,7 +323,9 @@ pub fn load(data: &[u8]) -> Result<PVal, String> {
             0x89 => m.stack.push(PVal::Bool(false)),
             b'J' => m.stack.push(PVal::Int(i64::from(r.u32()? as i32))),
             b'K' => m.stack.push(PVal::Int(i64::from(r.u8()?))),
-            b'M' => m.stack.push(PVal::Int(i64::from(u16::from_le_bytes(r.arr()?)))),
+            b'M' => m
+                .stack
+                .push(PVal::Int(i64::from(u16::from_le_bytes(r.arr()?)))),
             0x8a => {
                 let n = r.u8()?;
                 let b = r.take(u64::from(n))?;
@@ -551,7 +557,10 @@ mod tests {
             (b"\x80\x02(K\x01d.", "odd number of items for DICT"),
             (b"\x80\x02}]K\x01s.", "unhashable dict key"),
             (b"\x80\x02(]K\x01d.", "unhashable dict key"),
-            (b"\x80\x04\x95\xff\x00\x00\x00\x00\x00\x00\x00N.", "frame of 255 bytes"),
+            (
+                b"\x80\x04\x95\xff\x00\x00\x00\x00\x00\x00\x00N.",
+                "frame of 255 bytes",
+            ),
             (b"\x80\x02\x8b\xff\xff\xff\xff.", "negative byte count"),
         ];
         for (data, want) in cases {

@@ -138,8 +138,10 @@ mod tests {
     #[test]
     fn max_split_size_is_checked_as_conf_checks_it() {
         // {'allocator_settings': {'max_split_size': 1}}, protocol 2
-        let e = settings(b"\x80\x02}X\x12\x00\x00\x00allocator_settings}X\x0e\x00\x00\x00max_split_sizeK\x01ss.")
-            .unwrap_err();
+        let e = settings(
+            b"\x80\x02}X\x12\x00\x00\x00allocator_settings}X\x0e\x00\x00\x00max_split_sizeK\x01ss.",
+        )
+        .unwrap_err();
         assert!(e.contains("max_split_size"), "{e}");
         // 128 MiB is accepted and lands as max_split_size_mb:128.
         let c = settings(b"\x80\x02}X\x12\x00\x00\x00allocator_settings}X\x0e\x00\x00\x00max_split_sizeJ\x00\x00\x00\x08ss.")

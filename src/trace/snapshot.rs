@@ -13,9 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::pickle::{self, PVal};
 use super::settings::settings_of;
-use super::{
-    Block, DeviceTrace, Event, EventKind, MAX_BYTES, Trace, TraceError, TraceFormat, err,
-};
+use super::{Block, DeviceTrace, Event, EventKind, MAX_BYTES, Trace, TraceError, TraceFormat, err};
 
 /// Entries visited per byte of pickle, at most (each distinct entry takes several bytes;
 /// only memo references can make more).
@@ -142,7 +140,9 @@ fn read_device(
         let field = |k| req(e, k).map_err(|m| err(name, at(), m));
         let addr = field("addr")?;
         let size = size_of(e, "size").map_err(|m| err(name, at(), m))?;
-        let stream = uint(e, "stream").map_err(|m| err(name, at(), m))?.unwrap_or(0);
+        let stream = uint(e, "stream")
+            .map_err(|m| err(name, at(), m))?
+            .unwrap_or(0);
         match kind {
             EventKind::Alloc => {
                 if live.contains_key(&addr) {
@@ -205,8 +205,16 @@ fn read_device(
         total = total
             .checked_add(seg_size)
             .filter(|&t| t <= MAX_BYTES)
-            .ok_or_else(|| err(name, at(), format!("segments total more than {MAX_BYTES} bytes")))?;
-        let seg_stream = uint(s, "stream").map_err(|m| err(name, at(), m))?.unwrap_or(0);
+            .ok_or_else(|| {
+                err(
+                    name,
+                    at(),
+                    format!("segments total more than {MAX_BYTES} bytes"),
+                )
+            })?;
+        let seg_stream = uint(s, "stream")
+            .map_err(|m| err(name, at(), m))?
+            .unwrap_or(0);
         let seg_addr = req(s, "address").map_err(|m| err(name, at(), m))?;
         let seg = Block {
             addr: seg_addr,
@@ -214,7 +222,11 @@ fn read_device(
             stream: seg_stream,
         };
         if held.insert(seg_addr, seg).is_some() {
-            return Err(err(name, at(), format!("a second segment at {seg_addr:#x}")));
+            return Err(err(
+                name,
+                at(),
+                format!("a second segment at {seg_addr:#x}"),
+            ));
         }
         let blocks = match s.get("blocks") {
             None => Vec::new(),
@@ -232,7 +244,11 @@ fn read_device(
             }
             let addr = req(b, "address").map_err(|m| err(name, at(), m))?;
             if !active_at_end.insert(addr) {
-                return Err(err(name, at(), format!("a second active block at {addr:#x}")));
+                return Err(err(
+                    name,
+                    at(),
+                    format!("a second active block at {addr:#x}"),
+                ));
             }
             if live.contains_key(&addr) {
                 continue;
