@@ -70,6 +70,11 @@ def main():
     # An unbalanced quote: the rest of the file becomes one field.
     write("unbalanced-quote.csv",
           b"action,ptr,size,stream\nalloc,\"0x10,100,0\n" + b"alloc,0x20,100,0\n" * 20000)
+    # A quote in the trailing, ignored column: the rest of the file went into it, and the
+    # replay ended there with exit 0.
+    write("quote-in-op-column.csv",
+          b"seq,action,ptr,size,stream,op\n1,alloc,0x10,100,0,\n2,alloc,0x20,100,0,\"\n"
+          + b"3,free,0x10,,0,\n" * 100)
     # No newline for 3 MB (the 2 GB NUL-filled file, shrunk).
     write("nul-filled.csv", b"\0" * (3 << 20))
 

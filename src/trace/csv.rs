@@ -181,6 +181,14 @@ pub(crate) fn parse_csv(name: &str, input: impl Read) -> Result<Trace, TraceErro
         }
         let line = rec.position().map_or(0, |p| p.line());
         let at = || Some(format!("line {line}"));
+        if rec.as_slice().contains(['\n', '\r']) {
+            // A quoted field across lines: an unbalanced quote took the rest of the file.
+            return Err(err(
+                name,
+                at(),
+                "a quoted field runs across lines (an unbalanced '\"')",
+            ));
+        }
         if rec.len() <= ca.max(cp).max(cs) {
             // A row cut short (a truncated file) is not a free with its size left empty.
             return Err(err(
