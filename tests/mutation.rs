@@ -338,3 +338,35 @@ fn mutated_traces_never_crash_the_cli() {
         .collect();
     assert!(failures.is_empty(), "{}", report.join("\n"));
 }
+
+#[test]
+fn the_checker_catches_each_kind_of_failure() {
+    let p = Path::new("/tmp/case1");
+    let ok = Duration::from_millis(5);
+    let good = r#"{"peak_reserved":1024,"peak_allocated":512,"pytorch_peak_reserved":null}"#;
+    assert_eq!(check(p, Some(0), good, "", ok), None);
+    assert_eq!(
+        check(
+            p,
+            Some(1),
+            "",
+            "cudalloc: /tmp/case1: line 2: bad ptr 'x'\n",
+            ok
+        ),
+        None
+    );
+    let impossible = r#"{"peak_reserved":1024,"peak_allocated":17592184995840000000,"pytorch_peak_reserved":null}"#;
+    for (code, out, err, took) in [
+        (None, "", "", ok),                            // a signal
+        (Some(101), "", "thread 'main' panicked", ok), // a panic
+        (Some(134), "", "memory allocation of 1 bytes failed", ok),
+        (Some(0), impossible, "", ok),            // impossible figures
+        (Some(1), "", "", ok),                    // no error line
+        (Some(1), "", "cudalloc: bad ptr\n", ok), // the file not named
+        (Some(0), good, "", CASE_LIMIT),          // a runaway
+    ] {
+        assert!(check(p, code, out, err, took).is_some(), "{code:?} {err}");
+    }
+    let long = format!("cudalloc: /tmp/case1: bad ptr '{}'\n", "x".repeat(3000));
+    assert!(check(p, Some(1), "", &long, ok).is_some());
+}
