@@ -1,5 +1,10 @@
 //! Replay a trace through the allocator on a simulated device and report what it reserved,
 //! beside what PyTorch reserved on the same workload.
+//!
+//! The figures a replay reports must be possible: counters use checked arithmetic (a block's
+//! bytes leave the live total exactly as they entered it), and [`check_figures`] fails the
+//! replay loudly rather than print a figure no device could show. This module must not
+//! second-guess the trace reader's checks by silently skipping events.
 
 use std::time::Instant;
 
@@ -10,7 +15,7 @@ use crate::backend::SimBackend;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::policy::{SMALL_BUFFER as SMALL_SEGMENT, SMALL_SIZE};
-use crate::trace::{DeviceTrace, EventKind, Trace};
+use crate::trace::{DeviceTrace, EventKind, MAX_BYTES, Trace};
 
 /// Default simulated capacity when the trace does not know the device's.
 pub const DEFAULT_CAPACITY: u64 = 80 << 30;
@@ -196,7 +201,7 @@ fn replay_until(
     stop: Option<Option<usize>>,
     mut progress: impl FnMut(u64),
 ) -> Result<(ReplayReport, CachingAllocator<SimBackend>)> {
-    let notes = Vec::new();
+    let notes = dev.notes.clone();
     let config = opts.config_for(dev);
     let capacity = opts.capacity_for(dev);
     let backend = SimBackend::new(capacity).virtual_only().auto_complete();
@@ -211,7 +216,8 @@ fn replay_until(
         .len()
         .checked_div(opts.series_points)
         .map_or(usize::MAX, |s| s.max(1));
-    let mut map: FxHashMap<u64, u64> = FxHashMap::default();
+    // The trace's address → the replay's pointer and the bytes it added to `live`.
+    let mut map: FxHashMap<u64, (u64, u64)> = FxHashMap::default();
     map.reserve(dev.initial_live.len() + 1024);
     let mut live: u64 = 0;
     let mut peak_live: u64 = 0;
@@ -240,16 +246,23 @@ fn replay_until(
     let mut do_alloc = |addr: u64,
                         size: u64,
                         stream: u64,
-                        map: &mut FxHashMap<u64, u64>,
+                        map: &mut FxHashMap<u64, (u64, u64)>,
                         live: &mut u64|
      -> Result<()> {
         if size == 0 {
             return Ok(());
         }
+        if map.contains_key(&addr) {
+            return Err(Error::Internal(format!(
+                "trace address {addr:#x} allocated while live in the replay"
+            )));
+        }
         match alloc.allocate_raw(0, size, stream) {
             Ok(p) => {
-                map.insert(addr, p);
-                *live += size;
+                map.insert(addr, (p, size));
+                *live = live
+                    .checked_add(size)
+                    .ok_or_else(|| Error::Internal("live bytes overflow in the replay".into()))?;
                 Ok(())
             }
             Err(Error::OutOfMemory(_)) => {
@@ -259,10 +272,8 @@ fn replay_until(
             Err(e) => Err(e),
         }
     };
-    let mut sizes: FxHashMap<u64, u64> = FxHashMap::default();
     for b in &dev.initial_live {
         do_alloc(b.addr, b.size, b.stream, &mut map, &mut live)?;
-        sizes.insert(b.addr, b.size);
         replayed += 1;
     }
     peak_live = peak_live.max(live);
@@ -286,7 +297,6 @@ fn replay_until(
             }
             EventKind::Alloc => {
                 do_alloc(e.addr, e.size, e.stream, &mut map, &mut live)?;
-                sizes.insert(e.addr, e.size);
                 peak_live = peak_live.max(live);
                 let reserved = alloc.reserved_bytes(0);
                 if reserved > peak_reserved {
@@ -296,9 +306,10 @@ fn replay_until(
                 replayed += 1;
             }
             EventKind::Free => {
-                if let Some(p) = map.remove(&e.addr) {
+                if let Some((p, size)) = map.remove(&e.addr) {
                     alloc.free_raw(0, p)?;
-                    live -= sizes.remove(&e.addr).unwrap_or(0);
+                    // `size` entered `live` when the block did.
+                    live -= size;
                 }
                 replayed += 1;
             }
@@ -349,7 +360,34 @@ fn replay_until(
         notes,
         reference: None,
     };
+    check_figures(&report, capacity)?;
     Ok((report, alloc))
+}
+
+/// Fail a replay whose figures no device could show: reserved beyond the simulated
+/// capacity, live or PyTorch's reserved bytes beyond [`MAX_BYTES`].
+///
+/// # Errors
+/// [`Error::Internal`] naming the figure.
+pub fn check_figures(r: &ReplayReport, capacity: u64) -> Result<()> {
+    let bad = |what: String| {
+        Err(Error::Internal(format!(
+            "impossible replay figure ({what}); please report this trace"
+        )))
+    };
+    if r.peak_reserved > capacity {
+        return bad(format!(
+            "peak reserved {} above the capacity {capacity}",
+            r.peak_reserved
+        ));
+    }
+    if r.peak_allocated > MAX_BYTES {
+        return bad(format!("peak live {} above {MAX_BYTES}", r.peak_allocated));
+    }
+    if let Some(p) = r.pytorch_peak_reserved.filter(|&p| p > MAX_BYTES) {
+        return bad(format!("PyTorch's peak reserved {p} above {MAX_BYTES}"));
+    }
+    Ok(())
 }
 
 /// Whether a replay starts from the cache PyTorch held when the trace began (fixed segments

@@ -1,7 +1,9 @@
 //! Memory snapshots in PyTorch's format (`torch.cuda.memory._snapshot()` /
 //! `_dump_snapshot`): a pickled dict with `segments` (each with its `blocks`),
 //! `device_traces` (the event history per device) and `allocator_settings`, which PyTorch's
-//! memory viewer (`pytorch.org/memory_viz`, `torch.cuda._memory_viz`) loads.
+//! memory viewer (`pytorch.org/memory_viz`, `torch.cuda._memory_viz`) loads, and that
+//! `cudalloc replay` reads back (`allocator_settings` in the form PyTorch writes, so its
+//! reader validates them as `--conf` does).
 
 use std::collections::BTreeMap;
 
@@ -120,11 +122,17 @@ impl<B: Backend> CachingAllocator<B> {
             ),
             ("expandable_segments", Value::Bool(cfg.expandable_segments)),
             (
+                "max_non_split_rounding_size",
+                int(cfg.max_non_split_rounding),
+            ),
+            (
+                // PyTorch's form: interval bound in MiB (a string) → divisions.
                 "roundup_power2_divisions",
-                Value::List(
+                Value::Dict(
                     cfg.roundup_power2_divisions
                         .iter()
-                        .map(|&d| int(d))
+                        .enumerate()
+                        .map(|(i, &d)| (HashableValue::String((1u64 << i).to_string()), int(d)))
                         .collect(),
                 ),
             ),

@@ -7,15 +7,30 @@
 //! used to compute what PyTorch reserved. Blocks freed in the trace without having been
 //! allocated in it, and blocks still allocated in the final `segments` that the trace never
 //! allocated, were live before the trace began: they are [`DeviceTrace::initial_live`].
+//!
+//! Trace files are untrusted input. The readers must not panic, abort, recurse on the
+//! input or take time or memory beyond a small multiple of the file's size; every malformed
+//! file is one short [`TraceError`] naming the file and the byte, line or event, never
+//! echoing the file; and a trace they return has figures a replay can add up without
+//! overflow ([`MAX_BYTES`], checked in [`validate`]).
 
+mod csv;
 pub mod pickle;
+mod settings;
+mod snapshot;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
-use crate::config::{Config, ROUNDUP_POWER2_INTERVALS};
-use pickle::PVal;
+use crate::config::Config;
+
+pub use self::csv::MAX_LINE;
+
+/// The largest size, and the largest total of live or reserved bytes, a trace may hold:
+/// 256 TiB, far above any device, far below what would overflow a sum of them.
+pub const MAX_BYTES: u64 = 1 << 48;
 
 /// What kind of file a trace came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +99,9 @@ pub struct DeviceTrace {
     /// (snapshots of fixed segments only): the final segments with the trace's segment
     /// events undone.
     pub initial_segments: Vec<Block>,
+    /// What the reader noticed and worked around (a gap in a snapshot's history), one line
+    /// each, for the replay to print.
+    pub notes: Vec<String>,
 }
 
 /// A trace file.
@@ -111,8 +129,8 @@ pub struct TraceError {
 impl fmt::Display for TraceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.at {
-            Some(at) => write!(f, "{}: {at}: {}", self.path, self.message),
-            None => write!(f, "{}: {}", self.path, self.message),
+            Some(at) => write!(f, "{}: {at}: {}", self.path, one_line(&self.message)),
+            None => write!(f, "{}: {}", self.path, one_line(&self.message)),
         }
     }
 }
@@ -123,20 +141,23 @@ impl DeviceTrace {
     /// The lower bound on reserved memory: the largest total of live requested bytes at any
     /// point (blocks live at the start included).
     pub fn peak_live_bytes(&self) -> u64 {
-        let mut live: u64 = self.initial_live.iter().map(|b| b.size).sum();
+        let mut live: u64 = self
+            .initial_live
+            .iter()
+            .fold(0u64, |a, b| a.saturating_add(b.size));
         let mut sizes: HashMap<u64, u64> =
             self.initial_live.iter().map(|b| (b.addr, b.size)).collect();
         let mut peak = live;
         for e in &self.events {
             match e.kind {
                 EventKind::Alloc => {
-                    live += e.size;
+                    live = live.saturating_add(e.size);
                     sizes.insert(e.addr, e.size);
                     peak = peak.max(live);
                 }
                 EventKind::Free => {
                     if let Some(s) = sizes.remove(&e.addr) {
-                        live -= s;
+                        live = live.saturating_sub(s);
                     }
                 }
                 _ => {}
@@ -158,7 +179,7 @@ impl DeviceTrace {
                 .iter()
                 .map(|e| {
                     match e.kind {
-                        EventKind::SegmentAlloc => r += e.size,
+                        EventKind::SegmentAlloc => r = r.saturating_add(e.size),
                         EventKind::SegmentFree => r = r.saturating_sub(e.size),
                         _ => {}
                     }
@@ -207,14 +228,127 @@ fn err(path: &str, at: Option<String>, message: impl Into<String>) -> TraceError
     }
 }
 
-/// Read a trace, detecting its format from its content; `device` keeps one device only.
+/// A field of the file as an error quotes it: at most 40 characters, escaped.
+pub(crate) fn short(s: &str) -> String {
+    let mut out: String = s.chars().take(40).flat_map(char::escape_debug).collect();
+    if s.chars().nth(40).is_some() {
+        out.push_str("...");
+    }
+    format!("'{out}'")
+}
+
+/// A message as one line of at most 300 characters (the guard behind [`short`]).
+fn one_line(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(300)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if s.chars().nth(300).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
+/// Check that a trace's figures add up within [`MAX_BYTES`]: the live bytes (blocks live
+/// at the start included) and PyTorch's reserved bytes after every event, and that no
+/// address is live twice at the start.
 ///
 /// # Errors
-/// A [`TraceError`] naming the file and, where it applies, the line or event index.
+/// A [`TraceError`] naming the device and event where a figure goes out of range.
+pub fn validate(name: &str, dev: &DeviceTrace) -> Result<(), TraceError> {
+    let d = dev.device;
+    let mut live: u64 = 0;
+    let mut sizes: HashMap<u64, u64> = HashMap::with_capacity(dev.initial_live.len());
+    for b in &dev.initial_live {
+        if sizes.insert(b.addr, b.size).is_some() {
+            return Err(err(
+                name,
+                Some(format!("device {d}")),
+                format!("{:#x} is live twice at the start", b.addr),
+            ));
+        }
+        live = live
+            .checked_add(b.size)
+            .filter(|&l| l <= MAX_BYTES)
+            .ok_or_else(|| {
+                err(
+                    name,
+                    Some(format!("device {d}")),
+                    format!("blocks live at the start hold more than {MAX_BYTES} bytes"),
+                )
+            })?;
+    }
+    let mut reserved = dev.pytorch_start_reserved.map(i128::from);
+    for (i, e) in dev.events.iter().enumerate() {
+        let at = || Some(format!("device {d} event {i}"));
+        match e.kind {
+            EventKind::Alloc => {
+                if sizes.insert(e.addr, e.size).is_some() {
+                    return Err(err(
+                        name,
+                        at(),
+                        format!("{:#x} allocated while live", e.addr),
+                    ));
+                }
+                live = live
+                    .checked_add(e.size)
+                    .filter(|&l| l <= MAX_BYTES)
+                    .ok_or_else(|| err(name, at(), format!("live bytes exceed {MAX_BYTES}")))?;
+            }
+            EventKind::Free => {
+                if let Some(s) = sizes.remove(&e.addr) {
+                    live -= s; // s was added to live when inserted
+                }
+            }
+            EventKind::SegmentAlloc => {
+                if let Some(r) = reserved.as_mut() {
+                    *r += i128::from(e.size);
+                }
+            }
+            EventKind::SegmentFree => {
+                if let Some(r) = reserved.as_mut() {
+                    *r = (*r - i128::from(e.size)).max(0);
+                }
+            }
+        }
+        if reserved.is_some_and(|r| r > i128::from(MAX_BYTES)) {
+            return Err(err(
+                name,
+                at(),
+                format!("PyTorch's reserved bytes exceed {MAX_BYTES}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn checked(name: &str, t: Trace) -> Result<Trace, TraceError> {
+    for dev in &t.devices {
+        validate(name, dev)?;
+    }
+    Ok(t)
+}
+
+/// Read a trace, detecting its format from its content; `device` keeps one device only.
+/// A snapshot is read whole (a pickle has to be); a CSV is streamed.
+///
+/// # Errors
+/// A [`TraceError`] naming the file and, where it applies, the byte, line or event index.
 pub fn read_trace(path: &Path, device: Option<usize>) -> Result<Trace, TraceError> {
     let name = path.display().to_string();
-    let data = std::fs::read(path).map_err(|e| err(&name, None, format!("cannot read: {e}")))?;
-    let mut t = parse_trace(&name, &data)?;
+    let cannot = |e: std::io::Error| err(&name, None, format!("cannot read: {e}"));
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut input = BufReader::with_capacity(1 << 16, file);
+    let first = input.fill_buf().map_err(cannot)?.first().copied();
+    let mut t = if first == Some(0x80) {
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut input, &mut data).map_err(cannot)?;
+        snapshot::parse_snapshot(&name, &data)?
+    } else {
+        csv::parse_csv(&name, input)?
+    };
+    t = checked(&name, t)?;
     if let Some(d) = device {
         t.devices.retain(|x| x.device == d);
         if t.devices.is_empty() {
@@ -229,394 +363,10 @@ pub fn read_trace(path: &Path, device: Option<usize>) -> Result<Trace, TraceErro
 /// # Errors
 /// A [`TraceError`].
 pub fn parse_trace(name: &str, data: &[u8]) -> Result<Trace, TraceError> {
-    if data.first() == Some(&0x80) {
-        return parse_snapshot(name, data);
-    }
-    let text = std::str::from_utf8(data).map_err(|_| {
-        err(
-            name,
-            None,
-            "neither a pickle snapshot nor a text (CSV) trace",
-        )
-    })?;
-    let header = text.lines().next().unwrap_or("").to_ascii_lowercase();
-    let cols: Vec<&str> = header.split(',').map(str::trim).collect();
-    if cols.contains(&"thread") && cols.contains(&"action") && cols.contains(&"pointer") {
-        parse_csv(name, text, &RMM_LOG)
-    } else if cols.contains(&"action") && cols.contains(&"ptr") {
-        parse_csv(name, text, &PROJECT_CSV)
+    let t = if data.first() == Some(&0x80) {
+        snapshot::parse_snapshot(name, data)?
     } else {
-        Err(err(
-            name,
-            Some("line 1".into()),
-            "not a trace: expected a pickle snapshot, a CSV with columns action,ptr,size,stream, \
-             or an RMM log (Thread,Time,Action,Pointer,Size,Stream)",
-        ))
-    }
-}
-
-fn parse_int(s: &str) -> Option<u64> {
-    let s = s.trim();
-    if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        u64::from_str_radix(h, 16).ok()
-    } else {
-        s.parse().ok()
-    }
-}
-
-/// Turn a CSV-like list of (line, alloc?, addr, size, stream) into one device's trace,
-/// checking that frees match live allocations.
-fn build_from_rows(
-    name: &str,
-    rows: impl Iterator<Item = Result<(usize, bool, u64, u64, u64), TraceError>>,
-) -> Result<DeviceTrace, TraceError> {
-    let mut live: HashMap<u64, u64> = HashMap::new();
-    let mut events = Vec::new();
-    for row in rows {
-        let (line, alloc, addr, size, stream) = row?;
-        let at = || Some(format!("line {line}"));
-        if alloc {
-            if size == 0 {
-                continue; // zero-byte tensors hold no memory
-            }
-            if live.insert(addr, size).is_some() {
-                return Err(err(
-                    name,
-                    at(),
-                    format!("{addr:#x} allocated while still live"),
-                ));
-            }
-            events.push(Event {
-                kind: EventKind::Alloc,
-                addr,
-                size,
-                stream,
-            });
-        } else {
-            let Some(s) = live.remove(&addr) else {
-                if size == 0 {
-                    continue;
-                }
-                return Err(err(
-                    name,
-                    at(),
-                    format!("free of {addr:#x}, which was never allocated"),
-                ));
-            };
-            events.push(Event {
-                kind: EventKind::Free,
-                addr,
-                size: s,
-                stream,
-            });
-        }
-    }
-    Ok(DeviceTrace {
-        device: 0,
-        events,
-        ..DeviceTrace::default()
-    })
-}
-
-/// The column names and action words of a CSV-like trace format.
-struct CsvDialect {
-    format: TraceFormat,
-    action: &'static str,
-    ptr: &'static str,
-    size: &'static str,
-    stream: &'static str,
-    /// Action word → Some(true) alloc, Some(false) free; None: skip the row.
-    classify: fn(&str) -> Result<Option<bool>, String>,
-    /// Whether a free may leave its size empty.
-    free_size_optional: bool,
-}
-
-const PROJECT_CSV: CsvDialect = CsvDialect {
-    format: TraceFormat::Csv,
-    action: "action",
-    ptr: "ptr",
-    size: "size",
-    stream: "stream",
-    classify: |a| match a {
-        "alloc" => Ok(Some(true)),
-        "free" => Ok(Some(false)),
-        _ => Err(format!("unknown action '{a}' (alloc or free)")),
-    },
-    free_size_optional: true,
-};
-
-const RMM_LOG: CsvDialect = CsvDialect {
-    format: TraceFormat::RmmLog,
-    action: "action",
-    ptr: "pointer",
-    size: "size",
-    stream: "stream",
-    classify: |a| match a {
-        "allocate" => Ok(Some(true)),
-        "free" => Ok(Some(false)),
-        // A failed allocation changed nothing.
-        "allocate failure" => Ok(None),
-        _ => Err(format!(
-            "unknown action '{a}' (allocate, free, allocate failure)"
-        )),
-    },
-    free_size_optional: false,
-};
-
-fn parse_csv(name: &str, text: &str, dialect: &CsvDialect) -> Result<Trace, TraceError> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .flexible(true)
-        .from_reader(text.as_bytes());
-    let headers = rdr
-        .headers()
-        .map_err(|e| err(name, Some("line 1".into()), e.to_string()))?
-        .clone();
-    let col = |n: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(n));
-    let (Some(ca), Some(cp), Some(cs)) = (col(dialect.action), col(dialect.ptr), col(dialect.size))
-    else {
-        return Err(err(
-            name,
-            Some("line 1".into()),
-            format!(
-                "missing column {}, {} or {}",
-                dialect.action, dialect.ptr, dialect.size
-            ),
-        ));
+        csv::parse_csv(name, data)?
     };
-    let cst = col(dialect.stream);
-    let rows = rdr.records().enumerate().filter_map(|(i, rec)| {
-        let line = i + 2;
-        let at = || Some(format!("line {line}"));
-        let row = (|| {
-            let rec = rec.map_err(|e| err(name, at(), e.to_string()))?;
-            let field = |c: usize| rec.get(c).unwrap_or("");
-            let Some(alloc) = (dialect.classify)(&field(ca).to_ascii_lowercase())
-                .map_err(|m| err(name, at(), m))?
-            else {
-                return Ok(None);
-            };
-            let addr = parse_int(field(cp))
-                .ok_or_else(|| err(name, at(), format!("bad {} '{}'", dialect.ptr, field(cp))))?;
-            let size = if field(cs).is_empty() && !alloc && dialect.free_size_optional {
-                0
-            } else {
-                parse_int(field(cs)).ok_or_else(|| {
-                    err(name, at(), format!("bad {} '{}'", dialect.size, field(cs)))
-                })?
-            };
-            let stream = match cst.map(field) {
-                None | Some("") => 0,
-                Some(s) => parse_int(s)
-                    .ok_or_else(|| err(name, at(), format!("bad {} '{s}'", dialect.stream)))?,
-            };
-            Ok(Some((line, alloc, addr, size, stream)))
-        })();
-        row.transpose()
-    });
-    let dev = build_from_rows(name, rows)?;
-    Ok(Trace {
-        path: name.to_string(),
-        format: dialect.format,
-        devices: vec![dev],
-    })
-}
-
-fn int_of(v: &PVal, key: &str) -> Option<u64> {
-    v.get(key).and_then(|x| x.as_i64()).map(|i| i as u64)
-}
-
-/// The allocator settings a snapshot recorded (a dict in PyTorch ≥ 2.x), as a [`Config`].
-fn settings_of(v: &PVal) -> Option<Config> {
-    let s = v.get("allocator_settings")?;
-    if s.pairs()?.is_empty() {
-        return None;
-    }
-    let mut cfg = Config::default();
-    if let Some(m) = s.get("max_split_size").and_then(|x| x.as_i64())
-        && m > 0
-    {
-        cfg.max_split_size = m as u64;
-    }
-    if let Some(m) = s
-        .get("max_non_split_rounding_size")
-        .and_then(|x| x.as_i64())
-        && m > 0
-    {
-        cfg.max_non_split_rounding = m as u64;
-    }
-    if let Some(g) = s
-        .get("garbage_collection_threshold")
-        .and_then(|x| x.as_f64())
-        && g > 0.0
-        && g < 1.0
-    {
-        cfg.garbage_collection_threshold = g;
-    }
-    if let Some(PVal::Bool(true)) = s.get("expandable_segments") {
-        cfg.expandable_segments = true;
-    }
-    if let Some(r) = s.get("roundup_power2_divisions").and_then(|x| x.pairs()) {
-        for (k, val) in r {
-            let bound = k
-                .as_str()
-                .and_then(|s| s.parse::<u64>().ok())
-                .or_else(|| k.as_i64().map(|i| i as u64));
-            if let (Some(b), Some(d)) = (bound, val.as_i64())
-                && b.is_power_of_two()
-            {
-                let idx = (b.trailing_zeros() as usize).min(ROUNDUP_POWER2_INTERVALS - 1);
-                cfg.roundup_power2_divisions[idx] = d.max(0) as u64;
-            }
-        }
-    }
-    Some(cfg)
-}
-
-fn parse_snapshot(name: &str, data: &[u8]) -> Result<Trace, TraceError> {
-    let root = pickle::load(data).map_err(|e| err(name, None, format!("bad pickle: {e}")))?;
-    let traces = root
-        .get("device_traces")
-        .and_then(|t| t.items())
-        .ok_or_else(|| err(name, None, "not a memory snapshot: no 'device_traces' list"))?;
-    let segments = root
-        .get("segments")
-        .and_then(|s| s.items())
-        .ok_or_else(|| err(name, None, "not a memory snapshot: no 'segments' list"))?;
-    let settings = settings_of(&root);
-    let mut devices = Vec::new();
-    for (d, entries) in traces.iter().enumerate() {
-        let entries = entries
-            .items()
-            .ok_or_else(|| err(name, None, format!("device_traces[{d}] is not a list")))?;
-        let mut events = Vec::with_capacity(entries.len());
-        let mut live: HashMap<u64, u64> = HashMap::new();
-        let mut initial_live = Vec::new();
-        let mut net_segments: i128 = 0;
-        // Expandable segments map pages: their segment events are not whole segments.
-        let mut maps_pages = false;
-        for (i, e) in entries.iter().enumerate() {
-            let at = || Some(format!("device {d} event {i}"));
-            let action = e
-                .get("action")
-                .and_then(|a| a.as_str())
-                .ok_or_else(|| err(name, at(), "event without 'action'"))?;
-            let addr = int_of(e, "addr").unwrap_or(0);
-            let size = int_of(e, "size").unwrap_or(0);
-            let stream = int_of(e, "stream").unwrap_or(0);
-            let kind = match &*action {
-                "alloc" => {
-                    if live.insert(addr, size).is_some() {
-                        return Err(err(name, at(), format!("{addr:#x} allocated while live")));
-                    }
-                    EventKind::Alloc
-                }
-                "free_completed" => {
-                    if live.remove(&addr).is_none() {
-                        // Allocated before the trace began.
-                        initial_live.push(Block { addr, size, stream });
-                    }
-                    EventKind::Free
-                }
-                "segment_alloc" | "segment_map" => {
-                    maps_pages |= &*action == "segment_map";
-                    net_segments += i128::from(size);
-                    EventKind::SegmentAlloc
-                }
-                "segment_free" | "segment_unmap" => {
-                    net_segments -= i128::from(size);
-                    EventKind::SegmentFree
-                }
-                _ => continue, // free_requested, oom, snapshot, ...
-            };
-            events.push(Event {
-                kind,
-                addr,
-                size,
-                stream,
-            });
-        }
-        let mut total: u64 = 0;
-        let mut held: BTreeMap<u64, Block> = BTreeMap::new();
-        for s in &segments {
-            if int_of(s, "device").unwrap_or(0) as usize != d {
-                continue;
-            }
-            let seg_size = int_of(s, "total_size").unwrap_or(0);
-            total += seg_size;
-            let seg_stream = int_of(s, "stream").unwrap_or(0);
-            let seg_addr = int_of(s, "address").unwrap_or(0);
-            held.insert(
-                seg_addr,
-                Block {
-                    addr: seg_addr,
-                    size: seg_size,
-                    stream: seg_stream,
-                },
-            );
-            for b in s.get("blocks").and_then(|b| b.items()).unwrap_or_default() {
-                let state = b.get("state").and_then(|x| x.as_str());
-                let active = matches!(
-                    state.as_deref(),
-                    Some("active_allocated") | Some("active_pending_free")
-                );
-                let addr = int_of(&b, "address").unwrap_or(0);
-                if active && !live.contains_key(&addr) {
-                    let req = int_of(&b, "requested_size").unwrap_or(0);
-                    let size = if req > 0 {
-                        req
-                    } else {
-                        int_of(&b, "size").unwrap_or(0)
-                    };
-                    initial_live.push(Block {
-                        addr,
-                        size,
-                        stream: seg_stream,
-                    });
-                }
-            }
-        }
-        if events.is_empty() && initial_live.is_empty() {
-            continue;
-        }
-        let start = i128::from(total) - net_segments;
-        let expandable = settings.as_ref().is_some_and(|c| c.expandable_segments) || maps_pages;
-        let initial_segments = if expandable {
-            Vec::new()
-        } else {
-            for e in events.iter().rev() {
-                match e.kind {
-                    EventKind::SegmentAlloc => {
-                        held.remove(&e.addr);
-                    }
-                    EventKind::SegmentFree => {
-                        held.insert(
-                            e.addr,
-                            Block {
-                                addr: e.addr,
-                                size: e.size,
-                                stream: e.stream,
-                            },
-                        );
-                    }
-                    _ => {}
-                }
-            }
-            held.into_values().collect()
-        };
-        devices.push(DeviceTrace {
-            device: d,
-            events,
-            initial_live,
-            settings: settings.clone(),
-            device_total: None,
-            pytorch_start_reserved: Some(start.max(0) as u64),
-            initial_segments,
-        });
-    }
-    Ok(Trace {
-        path: name.to_string(),
-        format: TraceFormat::PytorchSnapshot,
-        devices,
-    })
+    checked(name, t)
 }

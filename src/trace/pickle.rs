@@ -6,9 +6,17 @@
 //! so a reference costs O(1) whatever it points at. Only the data types PyTorch's snapshots
 //! use are accepted (dict, list, tuple, str, bytes, int, float, bool, None); anything else —
 //! notably `GLOBAL`/`REDUCE`, which would construct arbitrary objects — is an error.
+//!
+//! The input is untrusted. The reader must not panic, allocate more than a small multiple of
+//! the input's size, or recurse on the input's nesting (dropping a value is iterative, see
+//! [`PVal`]'s `Drop`); it refuses what CPython's unpickler refuses among the opcodes it reads
+//! (the mark fence, odd dict items, unhashable keys, frames past the end, lines without
+//! their newline, out-of-range floats), so a file it accepts is one `pickle.load` accepts.
 
 use std::cell::RefCell;
 use std::rc::Rc;
+
+use rustc_hash::FxHashMap;
 
 /// A decoded Python value.
 #[derive(Debug, Clone)]
@@ -37,9 +45,11 @@ impl PVal {
     /// Look up a string key in a dict.
     pub fn get(&self, key: &str) -> Option<PVal> {
         match self {
+            // The last of duplicate keys wins, as in the dict Python builds.
             PVal::Dict(d) => d
                 .borrow()
                 .iter()
+                .rev()
                 .find(|(k, _)| matches!(k, PVal::Str(s) if &**s == key))
                 .map(|(_, v)| v.clone()),
             _ => None,
@@ -90,46 +100,85 @@ impl PVal {
     }
 }
 
+impl Drop for PVal {
+    /// Iterative: a list nested a million deep (two bytes a level in a pickle) must not
+    /// overflow the stack when it is dropped. Children of containers this value solely owns
+    /// are moved to a work list, so each drop below is shallow.
+    fn drop(&mut self) {
+        let mut pending = Vec::new();
+        take_children(self, &mut pending);
+        while let Some(mut v) = pending.pop() {
+            take_children(&mut v, &mut pending);
+        }
+    }
+}
+
+fn take_children(v: &mut PVal, out: &mut Vec<PVal>) {
+    match v {
+        PVal::List(l) if Rc::strong_count(l) == 1 => out.append(&mut l.borrow_mut()),
+        PVal::Dict(d) if Rc::strong_count(d) == 1 => {
+            for (k, x) in d.borrow_mut().drain(..) {
+                out.push(k);
+                out.push(x);
+            }
+        }
+        PVal::Tuple(t) => {
+            if let Some(items) = Rc::get_mut(t) {
+                out.append(items);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Largest memo index accepted (CPython sizes its memo to the index, so far larger ones fail
+/// there too); the memo itself is a map, so a large index costs nothing.
+const MAX_MEMO_ID: u64 = 1 << 31;
+
 struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.data.len() - self.pos < n {
-            return Err(format!("truncated at byte {}", self.pos));
+    fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
+        let left = self.data.len() - self.pos;
+        if n > left as u64 {
+            return Err(format!(
+                "truncated at byte {} ({n} bytes announced, {left} left)",
+                self.pos
+            ));
         }
+        let n = n as usize;
         let s = &self.data[self.pos..self.pos + n];
         self.pos += n;
         Ok(s)
     }
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
+    fn arr<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N as u64)?);
+        Ok(a)
     }
-    fn u16(&mut self) -> Result<u16, String> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.arr::<1>()?[0])
     }
     fn u32(&mut self) -> Result<u32, String> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.arr().map(u32::from_le_bytes)
     }
     fn u64(&mut self) -> Result<u64, String> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
+        self.arr().map(u64::from_le_bytes)
     }
+    /// A text argument: up to its newline, which must be there (as CPython requires).
     fn line(&mut self) -> Result<&'a str, String> {
         let start = self.pos;
-        while self.pos < self.data.len() && self.data[self.pos] != b'\n' {
-            self.pos += 1;
-        }
-        let s = std::str::from_utf8(&self.data[start..self.pos])
-            .map_err(|_| format!("bad text at byte {start}"))?;
-        self.pos += 1;
-        Ok(s)
+        let Some(n) = self.data[start..].iter().position(|&b| b == b'\n') else {
+            return Err(format!(
+                "truncated at byte {start} (a text argument without its newline)"
+            ));
+        };
+        self.pos = start + n + 1;
+        std::str::from_utf8(&self.data[start..start + n])
+            .map_err(|_| format!("bad text at byte {start}"))
     }
 }
 
@@ -140,23 +189,100 @@ fn utf8(b: &[u8], at: usize) -> Result<PVal, String> {
 }
 
 fn long_le(b: &[u8], at: usize) -> Result<PVal, String> {
-    if b.is_empty() {
+    let Some(&last) = b.last() else {
         return Ok(PVal::Int(0));
-    }
+    };
+    let neg = last & 0x80 != 0;
+    let fill = if neg { 0xff } else { 0 };
     if b.len() > 8 {
         // Wider than 64 bits: accept only sign extension of a value that fits.
         let (low, high) = b.split_at(8);
-        let neg = b[b.len() - 1] & 0x80 != 0;
-        let fill = if neg { 0xff } else { 0 };
-        if high.iter().any(|&x| x != fill) {
+        if high.iter().any(|&x| x != fill) || (low[7] & 0x80 != 0) != neg {
             return Err(format!("integer wider than 64 bits at byte {at}"));
         }
         return long_le(low, at);
     }
-    let neg = b[b.len() - 1] & 0x80 != 0;
-    let mut a = [if neg { 0xff } else { 0 }; 8];
+    let mut a = [fill; 8];
     a[..b.len()].copy_from_slice(b);
     Ok(PVal::Int(i64::from_le_bytes(a)))
+}
+
+fn float_text(l: &str, at: usize) -> Result<PVal, String> {
+    let f: f64 = l.parse().map_err(|_| format!("bad FLOAT at byte {at}"))?;
+    // Rust reads 1e400 as infinity; Python raises OverflowError.
+    if f.is_infinite() && !l.to_ascii_lowercase().contains("inf") {
+        return Err(format!("FLOAT out of range at byte {at}"));
+    }
+    Ok(PVal::Float(f))
+}
+
+/// Whether Python could hash `v` (a dict key): no list or dict, also inside tuples.
+/// Iterative, so a deeply nested tuple key cannot overflow the stack.
+fn hashable(v: &PVal) -> bool {
+    let mut todo = vec![v.clone()];
+    while let Some(x) = todo.pop() {
+        match &x {
+            PVal::List(_) | PVal::Dict(_) => return false,
+            PVal::Tuple(t) => todo.extend(t.iter().cloned()),
+            _ => {}
+        }
+    }
+    true
+}
+
+/// The unpickler's state: the stack with its marks. As in CPython, the latest mark is a
+/// fence: no opcode may pop or use an item below it except those that consume the mark.
+struct Machine {
+    stack: Vec<PVal>,
+    marks: Vec<usize>,
+}
+
+impl Machine {
+    fn fence(&self) -> usize {
+        self.marks.last().copied().unwrap_or(0)
+    }
+    fn pop(&mut self, at: usize) -> Result<PVal, String> {
+        if self.stack.len() <= self.fence() {
+            return Err(format!("stack underflow at byte {at}"));
+        }
+        self.stack
+            .pop()
+            .ok_or(format!("stack underflow at byte {at}"))
+    }
+    fn top(&self, at: usize) -> Result<&PVal, String> {
+        if self.stack.len() <= self.fence() {
+            return Err(format!("stack underflow at byte {at}"));
+        }
+        self.stack
+            .last()
+            .ok_or(format!("stack underflow at byte {at}"))
+    }
+    /// Pop the latest mark and the items above it; the item below (the target of
+    /// APPENDS/SETITEMS) must be above the previous mark.
+    fn pop_mark(&mut self, at: usize) -> Result<Vec<PVal>, String> {
+        let m = self.marks.pop().ok_or(format!(
+            "an opcode that needs a MARK, without one, at byte {at}"
+        ))?;
+        Ok(self.stack.split_off(m.min(self.stack.len())))
+    }
+    fn target_ok(&self) -> bool {
+        self.stack.len() > self.fence()
+    }
+}
+
+fn pairs(items: Vec<PVal>, at: usize, what: &str) -> Result<Vec<(PVal, PVal)>, String> {
+    if !items.len().is_multiple_of(2) {
+        return Err(format!("odd number of items for {what} at byte {at}"));
+    }
+    let mut out = Vec::with_capacity(items.len() / 2);
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if !hashable(&k) {
+            return Err(format!("unhashable dict key in {what} at byte {at}"));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
 }
 
 /// Decode a pickle.
@@ -165,12 +291,11 @@ fn long_le(b: &[u8], at: usize) -> Result<PVal, String> {
 /// A description with the byte offset: truncated or malformed data, an unsupported opcode.
 pub fn load(data: &[u8]) -> Result<PVal, String> {
     let mut r = Reader { data, pos: 0 };
-    let mut stack: Vec<PVal> = Vec::new();
-    let mut marks: Vec<usize> = Vec::new();
-    let mut memo: Vec<Option<PVal>> = Vec::new();
-    let pop = |stack: &mut Vec<PVal>, at: usize| {
-        stack.pop().ok_or(format!("stack underflow at byte {at}"))
+    let mut m = Machine {
+        stack: Vec::new(),
+        marks: Vec::new(),
     };
+    let mut memo: FxHashMap<u64, PVal> = FxHashMap::default();
     loop {
         let at = r.pos;
         let op = r.u8()?;
@@ -178,223 +303,197 @@ pub fn load(data: &[u8]) -> Result<PVal, String> {
             0x80 => {
                 let v = r.u8()?;
                 if v > 5 {
-                    return Err(format!("unsupported pickle protocol {v}"));
+                    return Err(format!("unsupported pickle protocol {v} at byte {at}"));
                 }
             }
             0x95 => {
-                r.u64()?; // FRAME: length only
+                // FRAME: the frame must lie within the data, as CPython checks.
+                let n = r.u64()?;
+                if n > (data.len() - r.pos) as u64 {
+                    return Err(format!("truncated at byte {at} (frame of {n} bytes)"));
+                }
             }
-            b'.' => return pop(&mut stack, at),
-            b'(' => marks.push(stack.len()),
-            b'}' => stack.push(PVal::Dict(Rc::new(RefCell::new(Vec::new())))),
-            b']' => stack.push(PVal::List(Rc::new(RefCell::new(Vec::new())))),
-            b')' => stack.push(PVal::Tuple(Rc::new(Vec::new()))),
-            b'N' => stack.push(PVal::None),
-            0x88 => stack.push(PVal::Bool(true)),
-            0x89 => stack.push(PVal::Bool(false)),
-            b'J' => {
-                let v = r.u32()? as i32;
-                stack.push(PVal::Int(i64::from(v)));
-            }
-            b'K' => {
-                let v = r.u8()?;
-                stack.push(PVal::Int(i64::from(v)));
-            }
-            b'M' => {
-                let v = r.u16()?;
-                stack.push(PVal::Int(i64::from(v)));
-            }
+            b'.' => return m.pop(at),
+            b'(' => m.marks.push(m.stack.len()),
+            b'}' => m.stack.push(PVal::Dict(Rc::new(RefCell::new(Vec::new())))),
+            b']' => m.stack.push(PVal::List(Rc::new(RefCell::new(Vec::new())))),
+            b')' => m.stack.push(PVal::Tuple(Rc::new(Vec::new()))),
+            b'N' => m.stack.push(PVal::None),
+            0x88 => m.stack.push(PVal::Bool(true)),
+            0x89 => m.stack.push(PVal::Bool(false)),
+            b'J' => m.stack.push(PVal::Int(i64::from(r.u32()? as i32))),
+            b'K' => m.stack.push(PVal::Int(i64::from(r.u8()?))),
+            b'M' => m
+                .stack
+                .push(PVal::Int(i64::from(u16::from_le_bytes(r.arr()?)))),
             0x8a => {
-                let n = r.u8()? as usize;
-                let b = r.take(n)?;
-                stack.push(long_le(b, at)?);
+                let n = r.u8()?;
+                let b = r.take(u64::from(n))?;
+                m.stack.push(long_le(b, at)?);
             }
             0x8b => {
-                let n = r.u32()? as usize;
-                let b = r.take(n)?;
-                stack.push(long_le(b, at)?);
+                let n = r.u32()? as i32;
+                if n < 0 {
+                    return Err(format!("LONG4 with a negative byte count at byte {at}"));
+                }
+                let b = r.take(n as u64)?;
+                m.stack.push(long_le(b, at)?);
             }
             b'I' => {
                 let l = r.line()?;
-                stack.push(match l {
+                m.stack.push(match l {
                     "01" => PVal::Bool(true),
                     "00" => PVal::Bool(false),
                     _ => PVal::Int(l.parse().map_err(|_| format!("bad INT at byte {at}"))?),
                 });
             }
             b'L' => {
-                let l = r.line()?.trim_end_matches('L');
-                stack.push(PVal::Int(
+                let l = r.line()?;
+                let l = l.strip_suffix('L').unwrap_or(l);
+                m.stack.push(PVal::Int(
                     l.parse().map_err(|_| format!("bad LONG at byte {at}"))?,
                 ));
             }
-            b'G' => {
-                let b = r.take(8)?;
-                let mut a = [0u8; 8];
-                a.copy_from_slice(b);
-                stack.push(PVal::Float(f64::from_be_bytes(a)));
-            }
+            b'G' => m.stack.push(PVal::Float(f64::from_be_bytes(r.arr()?))),
             b'F' => {
                 let l = r.line()?;
-                stack.push(PVal::Float(
-                    l.parse().map_err(|_| format!("bad FLOAT at byte {at}"))?,
-                ));
+                m.stack.push(float_text(l, at)?);
             }
             0x8c => {
-                let n = r.u8()? as usize;
-                stack.push(utf8(r.take(n)?, at)?);
+                let n = r.u8()?;
+                m.stack.push(utf8(r.take(u64::from(n))?, at)?);
             }
             b'X' => {
-                let n = r.u32()? as usize;
-                stack.push(utf8(r.take(n)?, at)?);
+                let n = r.u32()?;
+                m.stack.push(utf8(r.take(u64::from(n))?, at)?);
             }
             0x8d => {
-                let n = r.u64()? as usize;
-                stack.push(utf8(r.take(n)?, at)?);
+                let n = r.u64()?;
+                m.stack.push(utf8(r.take(n)?, at)?);
             }
             b'C' => {
-                let n = r.u8()? as usize;
-                stack.push(PVal::Bytes(Rc::from(r.take(n)?)));
+                let n = r.u8()?;
+                m.stack.push(PVal::Bytes(Rc::from(r.take(u64::from(n))?)));
             }
             b'B' => {
-                let n = r.u32()? as usize;
-                stack.push(PVal::Bytes(Rc::from(r.take(n)?)));
+                let n = r.u32()? as i32;
+                if n < 0 {
+                    return Err(format!("BINBYTES with a negative length at byte {at}"));
+                }
+                m.stack.push(PVal::Bytes(Rc::from(r.take(n as u64)?)));
             }
             0x8e => {
-                let n = r.u64()? as usize;
-                stack.push(PVal::Bytes(Rc::from(r.take(n)?)));
+                let n = r.u64()?;
+                m.stack.push(PVal::Bytes(Rc::from(r.take(n)?)));
             }
             0x94 => {
-                let top = stack
-                    .last()
-                    .ok_or(format!("MEMOIZE on empty stack at byte {at}"))?;
-                memo.push(Some(top.clone()));
+                let top = m.top(at)?.clone();
+                memo.insert(memo.len() as u64, top);
             }
             b'q' | b'r' | b'p' => {
                 let id = match op {
-                    b'q' => r.u8()? as usize,
-                    b'r' => r.u32()? as usize,
+                    b'q' => u64::from(r.u8()?),
+                    b'r' => u64::from(r.u32()?),
                     _ => r
                         .line()?
                         .parse()
                         .map_err(|_| format!("bad PUT at byte {at}"))?,
                 };
-                let top = stack
-                    .last()
-                    .ok_or(format!("PUT on empty stack at byte {at}"))?;
-                if memo.len() <= id {
-                    memo.resize(id + 1, None);
+                if id > MAX_MEMO_ID {
+                    return Err(format!("memo index {id} too large at byte {at}"));
                 }
-                memo[id] = Some(top.clone());
+                let top = m.top(at)?.clone();
+                memo.insert(id, top);
             }
             b'h' | b'j' | b'g' => {
-                let id = match op {
-                    b'h' => r.u8()? as usize,
-                    b'j' => r.u32()? as usize,
+                let id: u64 = match op {
+                    b'h' => u64::from(r.u8()?),
+                    b'j' => u64::from(r.u32()?),
                     _ => r
                         .line()?
                         .parse()
                         .map_err(|_| format!("bad GET at byte {at}"))?,
                 };
                 let v = memo
-                    .get(id)
-                    .and_then(Clone::clone)
+                    .get(&id)
+                    .cloned()
                     .ok_or(format!("missing memo {id} at byte {at}"))?;
-                stack.push(v);
+                m.stack.push(v);
             }
             b'a' => {
-                let v = pop(&mut stack, at)?;
-                match stack.last() {
-                    Some(PVal::List(l)) => l.borrow_mut().push(v),
+                let v = m.pop(at)?;
+                match m.top(at)? {
+                    PVal::List(l) => l.borrow_mut().push(v),
                     _ => return Err(format!("APPEND to a non-list at byte {at}")),
                 }
             }
             b'e' => {
-                let m = marks
-                    .pop()
-                    .ok_or(format!("APPENDS without MARK at byte {at}"))?;
-                let items = stack.split_off(m);
-                match stack.last() {
+                let items = m.pop_mark(at)?;
+                if !m.target_ok() {
+                    return Err(format!("APPENDS without a list at byte {at}"));
+                }
+                match m.stack.last() {
                     Some(PVal::List(l)) => l.borrow_mut().extend(items),
                     _ => return Err(format!("APPENDS to a non-list at byte {at}")),
                 }
             }
             b's' => {
-                let v = pop(&mut stack, at)?;
-                let k = pop(&mut stack, at)?;
-                match stack.last() {
-                    Some(PVal::Dict(d)) => d.borrow_mut().push((k, v)),
+                let v = m.pop(at)?;
+                let k = m.pop(at)?;
+                if !hashable(&k) {
+                    return Err(format!("unhashable dict key at byte {at}"));
+                }
+                match m.top(at)? {
+                    PVal::Dict(d) => d.borrow_mut().push((k, v)),
                     _ => return Err(format!("SETITEM on a non-dict at byte {at}")),
                 }
             }
             b'u' => {
-                let m = marks
-                    .pop()
-                    .ok_or(format!("SETITEMS without MARK at byte {at}"))?;
-                let items = stack.split_off(m);
-                if !items.len().is_multiple_of(2) {
-                    return Err(format!("odd SETITEMS at byte {at}"));
+                let items = m.pop_mark(at)?;
+                let items = pairs(items, at, "SETITEMS")?;
+                if !m.target_ok() {
+                    return Err(format!("SETITEMS without a dict at byte {at}"));
                 }
-                match stack.last() {
-                    Some(PVal::Dict(d)) => {
-                        let mut d = d.borrow_mut();
-                        let mut it = items.into_iter();
-                        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                            d.push((k, v));
-                        }
-                    }
+                match m.stack.last() {
+                    Some(PVal::Dict(d)) => d.borrow_mut().extend(items),
                     _ => return Err(format!("SETITEMS on a non-dict at byte {at}")),
                 }
             }
             b'd' => {
-                let m = marks
-                    .pop()
-                    .ok_or(format!("DICT without MARK at byte {at}"))?;
-                let items = stack.split_off(m);
-                let mut d = Vec::with_capacity(items.len() / 2);
-                let mut it = items.into_iter();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    d.push((k, v));
-                }
-                stack.push(PVal::Dict(Rc::new(RefCell::new(d))));
+                let items = m.pop_mark(at)?;
+                let d = pairs(items, at, "DICT")?;
+                m.stack.push(PVal::Dict(Rc::new(RefCell::new(d))));
             }
             b'l' => {
-                let m = marks
-                    .pop()
-                    .ok_or(format!("LIST without MARK at byte {at}"))?;
-                let items = stack.split_off(m);
-                stack.push(PVal::List(Rc::new(RefCell::new(items))));
+                let items = m.pop_mark(at)?;
+                m.stack.push(PVal::List(Rc::new(RefCell::new(items))));
             }
             b't' => {
-                let m = marks
-                    .pop()
-                    .ok_or(format!("TUPLE without MARK at byte {at}"))?;
-                let items = stack.split_off(m);
-                stack.push(PVal::Tuple(Rc::new(items)));
+                let items = m.pop_mark(at)?;
+                m.stack.push(PVal::Tuple(Rc::new(items)));
             }
             0x85..=0x87 => {
-                let n = (op - 0x84) as usize;
-                if stack.len() < n {
+                let n = usize::from(op - 0x84);
+                if m.stack.len() < m.fence() + n {
                     return Err(format!("stack underflow at byte {at}"));
                 }
-                let items = stack.split_off(stack.len() - n);
-                stack.push(PVal::Tuple(Rc::new(items)));
+                let items = m.stack.split_off(m.stack.len() - n);
+                m.stack.push(PVal::Tuple(Rc::new(items)));
             }
             b'0' => {
-                pop(&mut stack, at)?;
+                // As CPython: POP with nothing above the mark pops the mark.
+                if m.stack.len() > m.fence() {
+                    m.stack.pop();
+                } else if m.marks.pop().is_none() {
+                    return Err(format!("stack underflow at byte {at}"));
+                }
             }
             b'2' => {
-                let top = stack
-                    .last()
-                    .cloned()
-                    .ok_or(format!("DUP on empty stack at byte {at}"))?;
-                stack.push(top);
+                let top = m.top(at)?.clone();
+                m.stack.push(top);
             }
             b'1' => {
-                let m = marks
-                    .pop()
-                    .ok_or(format!("POP_MARK without MARK at byte {at}"))?;
-                stack.truncate(m);
+                m.pop_mark(at)?;
             }
             b'c' | 0x93 | b'R' | 0x81 | 0x92 | b'b' | b'i' | b'o' => {
                 return Err(format!(
@@ -427,7 +526,7 @@ mod tests {
         assert_eq!(a[6].as_f64(), Some(1.5));
         // 'b' is the same list object, not a copy.
         match (v.get("a").unwrap(), v.get("b").unwrap()) {
-            (PVal::List(x), PVal::List(y)) => assert!(Rc::ptr_eq(&x, &y)),
+            (PVal::List(ref x), PVal::List(ref y)) => assert!(Rc::ptr_eq(x, y)),
             _ => panic!("lists expected"),
         }
     }
@@ -444,5 +543,49 @@ mod tests {
             "{e}"
         );
         assert!(load(b"hello").is_err());
+    }
+
+    #[test]
+    fn refuses_what_cpython_refuses() {
+        let cases: [(&[u8], &str); 10] = [
+            (b"\x80\x02I1", "truncated at byte 3"),
+            (b"\x80\x02F1e400\n.", "FLOAT out of range"),
+            (b"\x80\x02]p18446744073709551615\n.", "memo index"),
+            // The mark is a fence: APPEND cannot reach the list below it.
+            (b"\x80\x02](Na.", "stack underflow at byte 5"),
+            (b"\x80\x02N(.", "stack underflow at byte 4"),
+            (b"\x80\x02(K\x01d.", "odd number of items for DICT"),
+            (b"\x80\x02}]K\x01s.", "unhashable dict key"),
+            (b"\x80\x02(]K\x01d.", "unhashable dict key"),
+            (
+                b"\x80\x04\x95\xff\x00\x00\x00\x00\x00\x00\x00N.",
+                "frame of 255 bytes",
+            ),
+            (b"\x80\x02\x8b\xff\xff\xff\xff.", "negative byte count"),
+        ];
+        for (data, want) in cases {
+            let e = load(data).unwrap_err();
+            assert!(e.contains(want), "{data:?}: {e}");
+        }
+        // What CPython accepts: the last duplicate key wins; POP at the fence pops the mark.
+        let v = load(b"\x80\x02}(X\x01\x00\x00\x00aK\x01X\x01\x00\x00\x00aK\x02u.").unwrap();
+        assert_eq!(v.get("a").and_then(|x| x.as_i64()), Some(2));
+        assert!(matches!(load(b"\x80\x02N(0.").unwrap(), PVal::None));
+    }
+
+    #[test]
+    fn a_million_nested_lists_drop_without_recursion() {
+        let n = 1_000_000;
+        let mut data = b"\x80\x02".to_vec();
+        data.extend(std::iter::repeat_n(b']', n));
+        data.extend(std::iter::repeat_n(b'a', n - 1));
+        data.push(b'.');
+        // Dropped in a thread with a small stack: a recursive drop would overflow it.
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || drop(load(&data).unwrap()))
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

@@ -235,7 +235,8 @@ fn replay(args: ReplayArgs) -> Result<bool, Box<dyn std::error::Error>> {
                     "replaying {}",
                     path.file_name().unwrap_or_default().to_string_lossy()
                 ));
-                let mut r = replay_device(&trace, dev, &opts, |n| bar.set_position(n))?;
+                let mut r = replay_device(&trace, dev, &opts, |n| bar.set_position(n))
+                    .map_err(|e| format!("{}: device {}: {e}", path.display(), dev.device))?;
                 if args.reference.is_some() {
                     bar.set_message("PyTorch's allocator on the same events");
                     let python = args
