@@ -174,7 +174,10 @@ fn check(path: &Path, code: Option<i32>, out: &str, err: &str, took: Duration) -
     }
     match code {
         None => return Some("killed by a signal".into()),
-        Some(0) => {
+        // 0: every allocation served; 2: the replay ran out of simulated memory (the
+        // documented status), which its figures must show.
+        Some(c @ (0 | 2)) => {
+            let mut ooms = 0;
             for line in out.lines() {
                 let v: serde_json::Value = match serde_json::from_str(line) {
                     Ok(v) => v,
@@ -187,8 +190,15 @@ fn check(path: &Path, code: Option<i32>, out: &str, err: &str, took: Duration) -
                         .as_u64()
                         .is_some_and(|x| x > MAX_BYTES);
                 if bad {
-                    return Some(format!("exit 0 with impossible figures: {line}"));
+                    return Some(format!("exit {c} with impossible figures: {line}"));
                 }
+                ooms += v["ooms"].as_u64().unwrap_or(0);
+            }
+            if c == 2 && ooms == 0 {
+                return Some("exit 2 (out of memory) with no OOM in the figures".into());
+            }
+            if c == 0 && ooms > 0 {
+                return Some("exit 0 although allocations failed".into());
             }
         }
         Some(1) => {
@@ -305,7 +315,7 @@ fn mutated_traces_never_crash_the_cli() {
                     };
                     match run_case(dir.path(), k, data) {
                         Ok(code) => {
-                            exits[usize::from(code != 0)].fetch_add(1, Ordering::Relaxed);
+                            exits[usize::from(code == 1)].fetch_add(1, Ordering::Relaxed);
                         }
                         Err(why) => failures.lock().unwrap().push((k, *i, why)),
                     }
@@ -324,7 +334,7 @@ fn mutated_traces_never_crash_the_cli() {
         .ok();
     }
     eprintln!(
-        "{cases} mutated cases over {} seeds: {} replayed (exit 0), {} refused (exit 1), {} \
+        "{cases} mutated cases over {} seeds: {} replayed (exit 0 or 2), {} refused (exit 1), {} \
          failures",
         seeds.len(),
         exits[0].load(Ordering::Relaxed),
@@ -355,6 +365,9 @@ fn the_checker_catches_each_kind_of_failure() {
         ),
         None
     );
+    let oom =
+        r#"{"peak_reserved":1024,"peak_allocated":512,"pytorch_peak_reserved":null,"ooms":3}"#;
+    assert_eq!(check(p, Some(2), oom, "", ok), None);
     let impossible = r#"{"peak_reserved":1024,"peak_allocated":17592184995840000000,"pytorch_peak_reserved":null}"#;
     for (code, out, err, took) in [
         (None, "", "", ok),                            // a signal
@@ -364,6 +377,8 @@ fn the_checker_catches_each_kind_of_failure() {
         (Some(1), "", "", ok),                    // no error line
         (Some(1), "", "cudalloc: bad ptr\n", ok), // the file not named
         (Some(0), good, "", CASE_LIMIT),          // a runaway
+        (Some(2), good, "", ok),                  // "out of memory" with no OOM
+        (Some(0), oom, "", ok),                   // OOMs hidden behind exit 0
     ] {
         assert!(check(p, code, out, err, took).is_some(), "{code:?} {err}");
     }
