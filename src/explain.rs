@@ -197,6 +197,27 @@ pub fn parse(text: &str) -> Result<OomMessage, String> {
     Ok(m)
 }
 
+/// The verdict on exact figures: the live bytes and the request against what the process
+/// could hold (the driver's free bytes and PyTorch's reserve), within `rounding` of a tie
+/// unknown. Returns the shortfall of a shortage.
+pub fn judge(
+    live: u64,
+    request: u64,
+    free: u64,
+    reserved: u64,
+    rounding: u64,
+) -> (Verdict, Option<u64>) {
+    let holdable = free.saturating_add(reserved);
+    let need = live.saturating_add(request);
+    if need > holdable.saturating_add(rounding) {
+        (Verdict::Shortage, Some(need - holdable))
+    } else if need.saturating_add(rounding) < holdable {
+        (Verdict::Fragmentation, None)
+    } else {
+        (Verdict::Unknown, None)
+    }
+}
+
 /// Judge a message's figures.
 ///
 /// When PyTorch raises out of memory it has already released every cached segment with
@@ -226,18 +247,13 @@ pub fn explain(m: &OomMessage) -> Explanation {
             missing,
         };
     };
-    let holdable = free.saturating_add(reserved);
-    let need = allocated.saturating_add(m.request);
     missing.push(
         "how the free memory was laid out (which cached blocks, on which streams) is not in \
          the message; a snapshot's replay shows it and what each setting would reserve"
             .to_string(),
     );
-    let verdict = if need > holdable.saturating_add(m.rounding) {
-        Verdict::Shortage
-    } else if need.saturating_add(m.rounding) < holdable {
-        Verdict::Fragmentation
-    } else {
+    let (verdict, short_by) = judge(allocated, m.request, free, reserved, m.rounding);
+    if verdict == Verdict::Unknown {
         missing.insert(
             0,
             format!(
@@ -246,12 +262,11 @@ pub fn explain(m: &OomMessage) -> Explanation {
                 format_bytes(m.rounding)
             ),
         );
-        Verdict::Unknown
-    };
+    }
     Explanation {
         message: m.clone(),
         verdict,
-        short_by: (verdict == Verdict::Shortage).then(|| need - holdable),
+        short_by,
         missing,
     }
 }

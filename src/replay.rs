@@ -93,6 +93,25 @@ impl Reference {
     }
 }
 
+/// An out-of-memory event of the trace (PyTorch failed a request), judged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OomEvent {
+    /// Its index among the trace's events.
+    pub event: usize,
+    /// The request that failed.
+    pub request: u64,
+    /// Bytes live in the trace then.
+    pub live: u64,
+    /// The driver's free bytes then, as PyTorch recorded them.
+    pub device_free: u64,
+    /// PyTorch's reserved bytes then, when the trace has its segment figures.
+    pub pytorch_reserved: Option<u64>,
+    /// Shortage (no setting helps), fragmentation (the memory was there) or unknown.
+    pub verdict: crate::explain::Verdict,
+    /// For a shortage, how many bytes the program must give up at least.
+    pub short_by: Option<u64>,
+}
+
 /// One sample of the series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Point {
@@ -147,6 +166,8 @@ pub struct ReplayReport {
     pub summary_at_peak: Option<String>,
     /// Notes (settings that could not be applied).
     pub notes: Vec<String>,
+    /// The trace's out-of-memory events, judged (snapshots record them as `oom`).
+    pub oom_events: Vec<OomEvent>,
     /// The same replay through PyTorch's own allocator, when asked for
     /// ([`crate::reference`]; [`replay_device`] leaves it `None`).
     pub reference: Option<Reference>,
@@ -280,6 +301,15 @@ fn replay_until(
     peak_reserved = peak_reserved.max(alloc.reserved_bytes(0));
     let mut peak_event = None;
     let mut prev_kind = None;
+    // Live bytes of the trace itself (whether or not this replay served them), for judging
+    // its out-of-memory events; kept only when it has some.
+    let judge_ooms = dev.events.iter().any(|e| e.kind == EventKind::Oom);
+    let mut trace_sizes: FxHashMap<u64, u64> = FxHashMap::default();
+    let mut trace_live: u64 = dev.initial_live.iter().map(|b| b.size).sum();
+    if judge_ooms {
+        trace_sizes.extend(dev.initial_live.iter().map(|b| (b.addr, b.size)));
+    }
+    let mut oom_events = Vec::new();
     let events = if stop == Some(None) {
         &dev.events[..0]
     } else {
@@ -295,7 +325,29 @@ fn replay_until(
             {
                 alloc.empty_cache(Some(0))?;
             }
+            EventKind::Oom => {
+                let pytorch_reserved = py_series.as_ref().map(|s| s[i]);
+                let (verdict, short_by) = match pytorch_reserved {
+                    Some(r) => crate::explain::judge(trace_live, e.size, e.addr, r, 0),
+                    None => (crate::explain::Verdict::Unknown, None),
+                };
+                oom_events.push(OomEvent {
+                    event: i,
+                    request: e.size,
+                    live: trace_live,
+                    device_free: e.addr,
+                    pytorch_reserved,
+                    verdict,
+                    short_by,
+                });
+                // Not an allocator call: it does not break a burst of segment releases.
+                continue;
+            }
             EventKind::Alloc => {
+                if judge_ooms && e.size > 0 {
+                    trace_sizes.insert(e.addr, e.size);
+                    trace_live = trace_live.saturating_add(e.size);
+                }
                 do_alloc(e.addr, e.size, e.stream, &mut map, &mut live)?;
                 peak_live = peak_live.max(live);
                 let reserved = alloc.reserved_bytes(0);
@@ -306,6 +358,9 @@ fn replay_until(
                 replayed += 1;
             }
             EventKind::Free => {
+                if let Some(s) = trace_sizes.remove(&e.addr) {
+                    trace_live = trace_live.saturating_sub(s);
+                }
                 if let Some((p, size)) = map.remove(&e.addr) {
                     alloc.free_raw(0, p)?;
                     // `size` entered `live` when the block did.
@@ -358,6 +413,7 @@ fn replay_until(
         peak_event,
         summary_at_peak: None,
         notes,
+        oom_events,
         reference: None,
     };
     check_figures(&report, capacity)?;
@@ -476,6 +532,8 @@ pub fn script(dev: &DeviceTrace, opts: &ReplayOptions, config: &Config) -> Vec<O
                 stream: e.stream,
             }),
             EventKind::Free => ops.push(Op::Free { addr: e.addr }),
+            // Judged, not replayed: it does not break a burst of segment releases.
+            EventKind::Oom => continue,
             _ => {}
         }
         prev_kind = Some(e.kind);

@@ -93,14 +93,19 @@ impl<B: Backend> CachingAllocator<B> {
                 .history(device)?
                 .into_iter()
                 .map(|e| {
-                    dict(vec![
+                    let mut fields = vec![
                         ("action", Value::String(e.action.name().into())),
                         ("addr", int(e.addr)),
                         ("size", int(e.size)),
                         ("stream", int(e.stream)),
                         ("time_us", int(e.time_us)),
                         ("frames", Value::List(Vec::new())),
-                    ])
+                    ];
+                    if e.action == crate::history::Action::Oom {
+                        // As PyTorch writes it: the driver's free bytes, also in `addr`.
+                        fields.push(("device_free", int(e.addr)));
+                    }
+                    dict(fields)
                 })
                 .collect();
             traces.push(Value::List(entries));

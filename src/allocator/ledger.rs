@@ -142,10 +142,11 @@ impl Ledger {
         self.history.record(Action::Alloc, addr, size, stream);
     }
 
-    /// A request failed for lack of memory, after the whole ladder.
-    pub(super) fn out_of_memory(&self, size: u64, stream: StreamId) {
+    /// A request failed for lack of memory, after the whole ladder, with `device_free` bytes
+    /// free on the device (recorded where PyTorch records it: as the entry's address).
+    pub(super) fn out_of_memory(&self, size: u64, device_free: u64, stream: StreamId) {
         self.ooms.fetch_add(1, Ordering::Relaxed);
-        self.history.record(Action::Oom, 0, size, stream);
+        self.history.record(Action::Oom, device_free, size, stream);
     }
 
     /// The caller freed a block (it may still wait for other streams).

@@ -14,7 +14,10 @@ impl<B: Backend> CachingAllocator<B> {
         let r = self.alloc_block_inner(dev, stream_slot, size);
         match &r {
             Ok((_, ptr)) => dev.ledger.block_allocated(*ptr, size, stream_slot.stream),
-            Err(Error::OutOfMemory(_)) => dev.ledger.out_of_memory(size, stream_slot.stream),
+            Err(Error::OutOfMemory(e)) => {
+                dev.ledger
+                    .out_of_memory(size, e.device_free, stream_slot.stream)
+            }
             Err(_) => {}
         }
         r

@@ -54,6 +54,9 @@ pub enum EventKind {
     SegmentAlloc,
     /// PyTorch released a segment of `size` bytes (not replayed).
     SegmentFree,
+    /// PyTorch failed a request of `size` bytes for lack of memory, with `addr` bytes free on
+    /// the device (a snapshot's `oom` event; not replayed, judged).
+    Oom,
 }
 
 /// One event of a trace.
@@ -311,6 +314,7 @@ pub fn validate(name: &str, dev: &DeviceTrace) -> Result<(), TraceError> {
                     *r = (*r - i128::from(e.size)).max(0);
                 }
             }
+            EventKind::Oom => {}
         }
         if reserved.is_some_and(|r| r > i128::from(MAX_BYTES)) {
             return Err(err(

@@ -122,6 +122,8 @@ fn read_device(
     let mut initial_live = Vec::new();
     let mut notes = Vec::new();
     let mut net_segments: i128 = 0;
+    // Each oom event: (index, device free bytes, PyTorch's net segment bytes then).
+    let mut ooms: Vec<(usize, u64, i128)> = Vec::new();
     // Expandable segments map pages: their segment events are not whole segments.
     let mut maps_pages = false;
     for (i, e) in entries.iter().enumerate() {
@@ -135,8 +137,30 @@ fn read_device(
             "free_completed" => EventKind::Free,
             "segment_alloc" | "segment_map" => EventKind::SegmentAlloc,
             "segment_free" | "segment_unmap" => EventKind::SegmentFree,
-            _ => continue, // free_requested, oom, snapshot, ...
+            "oom" => EventKind::Oom,
+            _ => continue, // free_requested, snapshot, ...
         };
+        if kind == EventKind::Oom {
+            // PyTorch writes the driver's free bytes as `device_free` (and in `addr`).
+            let size = size_of(e, "size").map_err(|m| err(name, at(), m))?;
+            let free = match uint(e, "device_free").map_err(|m| err(name, at(), m))? {
+                Some(f) => f,
+                None => uint(e, "addr")
+                    .map_err(|m| err(name, at(), m))?
+                    .unwrap_or(0),
+            };
+            let stream = uint(e, "stream")
+                .map_err(|m| err(name, at(), m))?
+                .unwrap_or(0);
+            ooms.push((events.len(), free, net_segments));
+            events.push(Event {
+                kind,
+                addr: free.min(MAX_BYTES),
+                size,
+                stream,
+            });
+            continue;
+        }
         let field = |k| req(e, k).map_err(|m| err(name, at(), m));
         let addr = field("addr")?;
         let size = size_of(e, "size").map_err(|m| err(name, at(), m))?;
@@ -188,6 +212,7 @@ fn read_device(
                 net_segments += i128::from(size);
             }
             EventKind::SegmentFree => net_segments -= i128::from(size),
+            EventKind::Oom => {}
         }
         events.push(Event {
             kind,
@@ -316,12 +341,21 @@ fn read_device(
         notes.truncate(MAX_NOTES);
         notes.push(format!("device {d}: {more} more gaps in the history"));
     }
+    // The memory an out-of-memory event shows PyTorch could have had: what the driver had
+    // free plus what PyTorch reserved then. The largest is the capacity to replay on.
+    let device_total = ooms
+        .iter()
+        .map(|&(_, free, net)| {
+            let reserved = (start.max(0) + net).clamp(0, i128::from(MAX_BYTES)) as u64;
+            free.saturating_add(reserved).min(MAX_BYTES)
+        })
+        .max();
     Ok(Some(DeviceTrace {
         device: d,
         events,
         initial_live,
         settings,
-        device_total: None,
+        device_total,
         pytorch_start_reserved: Some(start.clamp(0, i128::from(MAX_BYTES)) as u64),
         initial_segments,
         notes,

@@ -305,6 +305,15 @@ fn json_line(r: &ReplayReport) -> String {
         "ooms": r.ooms,
         "warm_segments": r.warm_segments,
         "capacity": r.capacity,
+        "oom_events": r.oom_events.iter().map(|o| serde_json::json!({
+            "event": o.event,
+            "request": o.request,
+            "live": o.live,
+            "device_free": o.device_free,
+            "pytorch_reserved": o.pytorch_reserved,
+            "verdict": o.verdict.as_str(),
+            "short_by_bytes": o.short_by,
+        })).collect::<Vec<_>>(),
         "peak_event": r.peak_event,
         "summary_at_peak": r.summary_at_peak,
         "seconds": r.seconds,
@@ -333,6 +342,31 @@ fn print_table(reports: &[ReplayReport]) {
             r.ooms,
             conf_label(r),
             mib(r.capacity)
+        );
+    }
+    // The trace's own out-of-memory events, judged (the same for every setting).
+    for o in &first.oom_events {
+        println!("verdict: {}", o.verdict);
+        let short = o
+            .short_by
+            .map(|b| format!("; cut at least {}", mib(b)))
+            .unwrap_or_default();
+        println!(
+            "  PyTorch failed {} at event {}: {} live, {} free on the device, PyTorch reserved {}{short}",
+            mib(o.request),
+            o.event,
+            mib(o.live),
+            mib(o.device_free),
+            o.pytorch_reserved
+                .map_or_else(|| "unknown".to_string(), mib),
+        );
+    }
+    if first.peak_allocated > first.capacity {
+        println!(
+            "  warning: the device ({}) is smaller than the trace's peak live bytes ({}): no \
+             allocator can serve this trace on it",
+            mib(first.capacity),
+            mib(first.peak_allocated)
         );
     }
     println!("  events replayed:            {}", first.events);
