@@ -99,13 +99,20 @@ def load():
     global _lib
     if _lib is not None:
         return _lib
-    lib = ctypes.CDLL(library_path())
+    path = library_path()
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as e:
+        raise CudallocError(f"cannot load libcudalloc.so from {path} (CUDALLOC_LIBRARY or the "
+                            f"package): {e}") from None
     sigs = {
         "cudalloc_malloc": (ctypes.c_void_p, [ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]),
         "cudalloc_free": (None, [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]),
         "cudalloc_cupy_malloc": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]),
         "cudalloc_cupy_free": (None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]),
         "cudalloc_record_stream": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]),
+        "cudalloc_record_stream_any": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p]),
+        "cudalloc_last_status": (ctypes.c_int, []),
         "cudalloc_empty_cache": (ctypes.c_int, [ctypes.c_int]),
         "cudalloc_set_memory_fraction": (ctypes.c_int, [ctypes.c_double, ctypes.c_int]),
         "cudalloc_get_stats": (ctypes.c_int, [ctypes.c_int, ctypes.POINTER(_Stats), ctypes.c_size_t]),
@@ -142,18 +149,24 @@ def configure(conf):
 
 
 def install_pytorch():
-    """Make cudalloc PyTorch's CUDA allocator. Must run before CUDA is first used."""
+    """Make cudalloc PyTorch's CUDA allocator. Must run before CUDA is first used.
+
+    Out of memory raises torch.OutOfMemoryError with cudalloc's explanation; Tensor.record_stream,
+    torch.cuda.empty_cache and set_per_process_memory_fraction reach cudalloc; torch.cuda's
+    statistics, summary, resets, _record_memory_history and _snapshot answer with cudalloc's
+    figures (see cudalloc/_torch_api.py)."""
     import torch
+
+    from . import _glue, _torch_api
 
     if torch.cuda.is_initialized():
         raise CudallocError(
             "install_pytorch() must be called before CUDA is first used (PyTorch can change "
             "its allocator only then): call it at the top of your program"
         )
-    alloc = torch.cuda.memory.CUDAPluggableAllocator(library_path(), "cudalloc_malloc", "cudalloc_free")
-    torch.cuda.memory.change_current_allocator(alloc)
-    load()
-    return alloc
+    glue = _glue.install(torch, load(), CudallocError)
+    _torch_api.patch(torch, __import__(__name__))
+    return glue
 
 
 def install_cupy():
