@@ -8,10 +8,12 @@ statistics and summary — which PyTorch's pluggable-allocator path cannot repor
     print(cudalloc.memory_summary())
     cudalloc.memory_stats()["reserved_bytes.all.peak"]
 
-The library is found through CUDALLOC_LIBRARY (a path to libcudalloc.so), else next to this
-package, else in the repository's target/release or target/debug.
+The library is found through CUDALLOC_LIBRARY (a path to libcudalloc.so), else in this package
+(where `pip install ./ffi/python` builds it), else in the repository's target/release or
+target/debug.
 """
 import ctypes
+import importlib.machinery
 import os
 
 __all__ = [
@@ -81,7 +83,9 @@ def library_path():
     if env:
         return env
     here = os.path.dirname(os.path.abspath(__file__))
-    candidates = [os.path.join(here, "libcudalloc.so")]
+    # `pip install ./ffi/python` puts the library here as _libcudalloc<EXT_SUFFIX>.
+    candidates = [os.path.join(here, "_libcudalloc" + s) for s in importlib.machinery.EXTENSION_SUFFIXES]
+    candidates.append(os.path.join(here, "libcudalloc.so"))
     repo = os.path.abspath(os.path.join(here, "..", "..", ".."))
     for profile in ("release", "debug"):
         candidates.append(os.path.join(repo, "target", profile, "libcudalloc.so"))
