@@ -71,6 +71,12 @@ int cudalloc_record_stream(void *ptr, int device, cudaStream_t stream);
  * cudalloc_record_stream, with the device found from ptr. */
 int cudalloc_record_stream_any(void *ptr, cudaStream_t stream);
 
+/* PyTorch's base-allocation hook (set_base_alloc_fn, used for CUDA IPC): the start of the
+ * driver allocation (segment) holding ptr, with its size in *size; NULL (and *size untouched)
+ * if ptr is not inside a live cudalloc allocation. With expandable segments the segment is one
+ * mapped run of the virtual range, which CUDA IPC cannot share. */
+void *cudalloc_base_allocation(void *ptr, size_t *size);
+
 /* Return every entirely free cached segment to the driver; device -1: all devices. */
 int cudalloc_empty_cache(int device);
 

@@ -249,6 +249,64 @@ print(json.dumps(torch.cuda.memory_stats()))
         self.assertEqual(r["reserved_bytes.all.peak"], replay["peak_reserved"])
         self.assertEqual(r["num_device_alloc"], replay["device_allocs"])
 
+    def test_graph_capture_and_mempool_are_refused_and_the_allocator_keeps_working(self):
+        r = self.run_child("""
+errors = {}
+x = torch.empty(3 << 20, dtype=torch.uint8, device="cuda")
+try:
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(torch.cuda.Stream()):
+        g.capture_begin()
+    errors["graph"] = None
+except RuntimeError as e:
+    errors["graph"] = str(e)
+try:
+    with torch.cuda.use_mem_pool(torch.cuda.MemPool()):
+        torch.empty(100, device="cuda")
+    errors["mempool"] = None
+except RuntimeError as e:
+    errors["mempool"] = str(e)
+y = torch.empty(1 << 20, dtype=torch.uint8, device="cuda")
+print(json.dumps({"errors": errors, "allocated": torch.cuda.memory_allocated(),
+                  "distinct": x.data_ptr() != y.data_ptr()}))
+""")
+        self.assertIn("cudalloc does not support CUDA graph capture", r["errors"]["graph"] or "")
+        # PyTorch's pluggable allocator refuses MemPool itself, before cudalloc is asked.
+        self.assertIsNotNone(r["errors"]["mempool"])
+        self.assertEqual(r["allocated"], 4 * MIB)
+        self.assertTrue(r["distinct"])
+
+    def test_base_allocation_names_the_segment(self):
+        r = self.run_child("""
+import ctypes
+lib = cudalloc.load()
+f = lib.cudalloc_base_allocation
+f.restype = ctypes.c_void_p
+f.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]
+small = [torch.empty(1000, dtype=torch.uint8, device="cuda") for _ in range(3)]
+big = torch.empty(50 << 20, dtype=torch.uint8, device="cuda")
+out = []
+for t in small + [big]:
+    n = ctypes.c_size_t(0)
+    base = f(t.data_ptr(), ctypes.byref(n))
+    out.append([t.data_ptr(), base, n.value])
+n = ctypes.c_size_t(7)
+unknown = f(12345, ctypes.byref(n))
+segs = [(s["address"], s["total_size"]) for s in torch.cuda.memory_snapshot()]
+print(json.dumps({"out": out, "unknown": unknown, "n": n.value, "segs": segs}))
+""")
+        segs = {tuple(s) for s in r["segs"]}
+        bases = set()
+        for ptr, base, size in r["out"]:
+            self.assertIn((base, size), segs)
+            self.assertLessEqual(base, ptr)
+            self.assertLess(ptr, base + size)
+            bases.add(base)
+        self.assertEqual(len(bases), 2, "the small tensors share one 2 MiB segment")
+        self.assertEqual(r["out"][0][2], 2 * MIB)
+        self.assertIsNone(r["unknown"])
+        self.assertEqual(r["n"], 7)
+
     def test_a_wrong_library_is_a_cudalloc_error(self):
         code = """
 import os, sys, json

@@ -70,6 +70,12 @@ unsafe extern "C" {
     ) -> ::std::os::raw::c_int;
 }
 unsafe extern "C" {
+    pub fn cudalloc_base_allocation(
+        ptr: *mut ::std::os::raw::c_void,
+        size: *mut usize,
+    ) -> *mut ::std::os::raw::c_void;
+}
+unsafe extern "C" {
     pub fn cudalloc_empty_cache(device: ::std::os::raw::c_int) -> ::std::os::raw::c_int;
 }
 unsafe extern "C" {

@@ -270,6 +270,55 @@ pub extern "C" fn cudalloc_record_stream_any(ptr: *mut c_void, stream: cudaStrea
     })
 }
 
+/// See the header.
+///
+/// # Safety
+/// `size` must be NULL or point to a writable `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudalloc_base_allocation(
+    ptr: *mut c_void,
+    size: *mut usize,
+) -> *mut c_void {
+    boundary(std::ptr::null_mut(), || {
+        if ptr.is_null() || size.is_null() {
+            status(S::CUDALLOC_ERROR_NULL_ARGUMENT, "ptr or size is NULL");
+            return std::ptr::null_mut();
+        }
+        let Ok(a) = allocator() else {
+            return std::ptr::null_mut();
+        };
+        let p = ptr as u64;
+        let Some(d) = a.device_of_raw(p) else {
+            status(
+                S::CUDALLOC_ERROR_UNKNOWN_POINTER,
+                format!("{ptr:p} was not allocated by cudalloc (or is already freed)"),
+            );
+            return std::ptr::null_mut();
+        };
+        let segments = match a.snapshot(d) {
+            Ok(s) => s,
+            Err(e) => {
+                fail(&e);
+                return std::ptr::null_mut();
+            }
+        };
+        match segments.iter().find(|s| s.addr <= p && p < s.addr + s.size) {
+            Some(s) => {
+                // SAFETY: non-null, and the caller guarantees it points to a writable size_t.
+                unsafe { *size = s.size as usize };
+                s.addr as *mut c_void
+            }
+            None => {
+                status(
+                    S::CUDALLOC_ERROR_INTERNAL,
+                    format!("{ptr:p} is live but inside no segment"),
+                );
+                std::ptr::null_mut()
+            }
+        }
+    })
+}
+
 /// Run `f` on the allocator and one valid device.
 fn with_device(device: c_int, f: impl FnOnce(&Alloc, usize) -> Result<(), Error>) -> c_int {
     boundary(S::CUDALLOC_ERROR_INTERNAL as c_int, || {

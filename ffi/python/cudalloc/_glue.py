@@ -20,7 +20,7 @@ class _Api(ctypes.Structure):
     _fields_ = [
         (n, ctypes.c_void_p)
         for n in ("malloc", "free", "record_stream_any", "empty_cache", "set_memory_fraction",
-                  "last_error", "last_status")
+                  "last_error", "last_status", "base_allocation")
     ]
 
 

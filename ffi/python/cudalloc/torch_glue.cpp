@@ -30,6 +30,7 @@ struct cudalloc_torch_api {
   int (*set_memory_fraction)(double, int);
   const char* (*last_error)();
   int (*last_status)();
+  void* (*base_allocation)(void*, size_t*);
 };
 }
 
@@ -77,6 +78,22 @@ int cudalloc_torch_install(const cudalloc_torch_api* a, char* err, size_t err_le
     p->set_memory_fraction_fn([](double fraction, int device) {
       if (api.set_memory_fraction(fraction, device) != 0) raise_last("set_memory_fraction");
     });
+    p->set_base_alloc_fn([](void* ptr, size_t* size) -> void* {
+      void* base = api.base_allocation(ptr, size);
+      if (base == nullptr) raise_last("getBaseAllocation");
+      return base;
+    });
+    // cudalloc keeps no private pools: a block freed inside a captured graph would be handed
+    // out again outside it while the graph's replays still use it. Refuse, before capture
+    // begins, rather than corrupt memory.
+    p->set_begin_allocate_to_pool(
+        [](int, c10::cuda::MempoolId_t, std::function<bool(cudaStream_t)>) {
+          TORCH_CHECK(false,
+                      "cudalloc does not support CUDA graph capture or torch.cuda.MemPool "
+                      "(it has no private memory pools): memory allocated during capture "
+                      "would be reused outside the graph. Capture without "
+                      "cudalloc.install_pytorch() (PyTorch's own allocator).");
+        });
     plug::changeCurrentAllocator(alloc);
     return 0;
   } catch (const std::exception& e) {
