@@ -13,7 +13,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
 use core::backend::AnyBackend;
-use core::{CachingAllocator, Config, Error, MemoryStats};
+use core::{CachingAllocator, Config, Error};
 use parking_lot::Mutex;
 
 #[allow(
@@ -27,7 +27,10 @@ mod generated {
     include!("bindings.rs");
 }
 
-use generated::{cudaStream_t, cudalloc_stat_t, cudalloc_stats_t, cudalloc_status as S};
+use generated::{cudaStream_t, cudalloc_stats_t, cudalloc_status as S};
+use stats::c_stats;
+
+mod stats;
 
 // Every header function is defined here with the header's exact signature.
 include!(concat!(env!("OUT_DIR"), "/checks.rs"));
@@ -355,43 +358,6 @@ pub extern "C" fn cudalloc_empty_cache(device: c_int) -> c_int {
 #[unsafe(no_mangle)]
 pub extern "C" fn cudalloc_set_memory_fraction(fraction: f64, device: c_int) -> c_int {
     with_device(device, |a, d| a.set_memory_fraction(d, fraction))
-}
-
-fn c_stat(s: &core::stats::Stat) -> cudalloc_stat_t {
-    cudalloc_stat_t {
-        current: s.current,
-        peak: s.peak,
-        allocated: s.allocated,
-        freed: s.freed,
-    }
-}
-
-fn c_stats(m: &MemoryStats) -> cudalloc_stats_t {
-    let arr = |a: &core::stats::StatArray| [c_stat(&a[0]), c_stat(&a[1]), c_stat(&a[2])];
-    let b = &m.blocks;
-    let s = &m.segments;
-    cudalloc_stats_t {
-        struct_size: std::mem::size_of::<cudalloc_stats_t>(),
-        version: generated::CUDALLOC_STATS_VERSION,
-        reserved_padding: 0,
-        allocation: arr(&b.allocation),
-        segment: arr(&s.segment),
-        active: arr(&b.active),
-        inactive_split: arr(&b.inactive_split),
-        allocated_bytes: arr(&b.allocated_bytes),
-        reserved_bytes: arr(&s.reserved_bytes),
-        active_bytes: arr(&b.active_bytes),
-        inactive_split_bytes: arr(&b.inactive_split_bytes),
-        requested_bytes: arr(&b.requested_bytes),
-        oversize_allocations: c_stat(&b.oversize_allocations),
-        oversize_segments: c_stat(&s.oversize_segments),
-        num_alloc_retries: m.num_alloc_retries,
-        num_ooms: m.num_ooms,
-        num_sync_all_streams: m.num_sync_all_streams,
-        num_device_alloc: m.num_device_alloc,
-        num_device_free: m.num_device_free,
-        max_split_size: m.max_split_size,
-    }
 }
 
 /// Smallest `out_size` accepted: the header fields (size and version).

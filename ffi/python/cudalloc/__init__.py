@@ -174,7 +174,13 @@ def install_pytorch():
 
 
 def install_cupy():
-    """Make cudalloc CuPy's device allocator (CuPy's own pool is bypassed)."""
+    """Make cudalloc CuPy's device allocator (CuPy's own pool is bypassed).
+
+    CuPy's CFunctionAllocator passes no stream, so every CuPy allocation is served from, and
+    returned to, cudalloc's pool of the default (null) stream, whatever CuPy's current stream
+    is. That is safe when CuPy works on the default stream; a program running kernels on other
+    CuPy streams must synchronize them before freeing arrays they use (as with any allocator
+    that does not know the stream), or keep CuPy's own pool."""
     import cupy
 
     lib = load()

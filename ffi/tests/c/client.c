@@ -98,6 +98,17 @@ int main(void) {
     CHECK(cudalloc_record_stream_any(NULL, NULL) == CUDALLOC_ERROR_NULL_ARGUMENT);
     CHECK(cudalloc_record_stream_any((void *)0x1234, NULL) == CUDALLOC_ERROR_UNKNOWN_POINTER);
     CHECK(error_mentions("not allocated by cudalloc"));
+
+    /* base allocation: p (1 MiB) lies in the one 2 MiB segment reserved so far */
+    size_t seg = 0;
+    unsigned char *base = cudalloc_base_allocation(p, &seg);
+    CHECK(base != NULL && base <= p && p + (1 << 20) <= base + seg);
+    CHECK(seg == 2 << 20);
+    seg = 7;
+    CHECK(cudalloc_base_allocation((void *)0x1234, &seg) == NULL && seg == 7);
+    CHECK(cudalloc_last_status() == CUDALLOC_ERROR_UNKNOWN_POINTER);
+    CHECK(cudalloc_base_allocation(p, NULL) == NULL);
+    CHECK(cudalloc_last_status() == CUDALLOC_ERROR_NULL_ARGUMENT);
     CHECK(cudalloc_record_stream(p, 9, NULL) == CUDALLOC_ERROR_INVALID_DEVICE);
 
     /* Free: NULL does nothing; unknown pointers and double frees are reported, not fatal. */
