@@ -67,6 +67,16 @@ void cudalloc_cupy_free(void *param, void *ptr, int device);
 /* Mark ptr as used on another stream: on free it waits for that stream's queued work. */
 int cudalloc_record_stream(void *ptr, int device, cudaStream_t stream);
 
+/* PyTorch's record_stream hook (CUDAPluggableAllocator::set_record_stream_fn): the same as
+ * cudalloc_record_stream, with the device found from ptr. */
+int cudalloc_record_stream_any(void *ptr, cudaStream_t stream);
+
+/* PyTorch's base-allocation hook (set_base_alloc_fn, used for CUDA IPC): the start of the
+ * driver allocation (segment) holding ptr, with its size in *size; NULL (and *size untouched)
+ * if ptr is not inside a live cudalloc allocation. With expandable segments the segment is one
+ * mapped run of the virtual range, which CUDA IPC cannot share. */
+void *cudalloc_base_allocation(void *ptr, size_t *size);
+
 /* Return every entirely free cached segment to the driver; device -1: all devices. */
 int cudalloc_empty_cache(int device);
 
@@ -135,6 +145,10 @@ int cudalloc_dump_snapshot(const char *path);
 
 /* The last error on this thread (valid until the next cudalloc call on it), or NULL. */
 const char *cudalloc_last_error(void);
+
+/* The status of the last call on this thread that failed (CUDALLOC_OK when the last call
+ * succeeded): tells a NULL from cudalloc_malloc that is out of memory from any other. */
+int cudalloc_last_status(void);
 
 /* The library version, e.g. "0.1.0". */
 const char *cudalloc_version(void);

@@ -64,6 +64,18 @@ unsafe extern "C" {
     ) -> ::std::os::raw::c_int;
 }
 unsafe extern "C" {
+    pub fn cudalloc_record_stream_any(
+        ptr: *mut ::std::os::raw::c_void,
+        stream: cudaStream_t,
+    ) -> ::std::os::raw::c_int;
+}
+unsafe extern "C" {
+    pub fn cudalloc_base_allocation(
+        ptr: *mut ::std::os::raw::c_void,
+        size: *mut usize,
+    ) -> *mut ::std::os::raw::c_void;
+}
+unsafe extern "C" {
     pub fn cudalloc_empty_cache(device: ::std::os::raw::c_int) -> ::std::os::raw::c_int;
 }
 unsafe extern "C" {
@@ -198,6 +210,9 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn cudalloc_last_error() -> *const ::std::os::raw::c_char;
+}
+unsafe extern "C" {
+    pub fn cudalloc_last_status() -> ::std::os::raw::c_int;
 }
 unsafe extern "C" {
     pub fn cudalloc_version() -> *const ::std::os::raw::c_char;

@@ -7,13 +7,13 @@
 //! is bindgen's output for it, and the build checks every declared function against the
 //! definition here (see build.rs).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
 use core::backend::AnyBackend;
-use core::{CachingAllocator, Config, Error, MemoryStats};
+use core::{CachingAllocator, Config, Error};
 use parking_lot::Mutex;
 
 #[allow(
@@ -27,7 +27,10 @@ mod generated {
     include!("bindings.rs");
 }
 
-use generated::{cudaStream_t, cudalloc_stat_t, cudalloc_stats_t, cudalloc_status as S};
+use generated::{cudaStream_t, cudalloc_stats_t, cudalloc_status as S};
+use stats::c_stats;
+
+mod stats;
 
 // Every header function is defined here with the header's exact signature.
 include!(concat!(env!("OUT_DIR"), "/checks.rs"));
@@ -39,20 +42,23 @@ static PENDING_CONF: Mutex<Option<Config>> = Mutex::new(None);
 
 thread_local! {
     static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
+    static LAST_STATUS: Cell<c_int> = const { Cell::new(0) };
 }
 
-fn set_error(msg: impl Into<String>) {
-    let s = msg.into().replace('\0', " ");
-    LAST_ERROR.with(|e| *e.borrow_mut() = CString::new(s).ok());
+/// Leave `msg` and status `s` for `cudalloc_last_error`/`cudalloc_last_status`.
+fn set_error_status(s: S, msg: impl Into<String>) {
+    let text = msg.into().replace('\0', " ");
+    LAST_ERROR.with(|e| *e.borrow_mut() = CString::new(text).ok());
+    LAST_STATUS.with(|c| c.set(s as c_int));
 }
 
 fn clear_error() {
     LAST_ERROR.with(|e| *e.borrow_mut() = None);
+    LAST_STATUS.with(|c| c.set(S::CUDALLOC_OK as c_int));
 }
 
 /// The status and message for a library error.
 fn fail(e: &Error) -> c_int {
-    set_error(e.to_string());
     let s = match e {
         Error::OutOfMemory(_) => S::CUDALLOC_ERROR_OUT_OF_MEMORY,
         Error::Backend(_) => S::CUDALLOC_ERROR_DRIVER,
@@ -68,11 +74,12 @@ fn fail(e: &Error) -> c_int {
         // gets its own status.
         _ => S::CUDALLOC_ERROR_INTERNAL,
     };
+    set_error_status(s, e.to_string());
     s as c_int
 }
 
 fn status(s: S, msg: impl Into<String>) -> c_int {
-    set_error(msg);
+    set_error_status(s, msg);
     s as c_int
 }
 
@@ -87,7 +94,10 @@ fn boundary<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            set_error(format!("internal error in cudalloc (panic): {what}"));
+            set_error_status(
+                S::CUDALLOC_ERROR_INTERNAL,
+                format!("internal error in cudalloc (panic): {what}"),
+            );
             on_panic
         }
     }
@@ -142,7 +152,10 @@ fn malloc_impl(size: i64, device: c_int, stream: u64) -> *mut c_void {
         return std::ptr::null_mut();
     }
     if size < 0 {
-        set_error(format!("cannot allocate a negative size ({size})"));
+        status(
+            S::CUDALLOC_ERROR_INVALID_ARGUMENT,
+            format!("cannot allocate a negative size ({size})"),
+        );
         return std::ptr::null_mut();
     }
     let a = match allocator() {
@@ -204,7 +217,10 @@ pub extern "C" fn cudalloc_cupy_malloc(
 ) -> *mut c_void {
     boundary(std::ptr::null_mut(), || {
         if size > i64::MAX as usize {
-            set_error(format!("cannot allocate {size} bytes"));
+            status(
+                S::CUDALLOC_ERROR_INVALID_ARGUMENT,
+                format!("cannot allocate {size} bytes"),
+            );
             return std::ptr::null_mut();
         }
         malloc_impl(size as i64, device, 0)
@@ -230,6 +246,79 @@ pub extern "C" fn cudalloc_record_stream(
     }
     with_device(device, |a, d| {
         a.record_stream_raw(d, ptr as u64, stream as u64)
+    })
+}
+
+/// See the header.
+#[unsafe(no_mangle)]
+pub extern "C" fn cudalloc_record_stream_any(ptr: *mut c_void, stream: cudaStream_t) -> c_int {
+    boundary(S::CUDALLOC_ERROR_INTERNAL as c_int, || {
+        if ptr.is_null() {
+            return status(S::CUDALLOC_ERROR_NULL_ARGUMENT, "ptr is NULL");
+        }
+        let a = match allocator() {
+            Ok(a) => a,
+            Err(s) => return s,
+        };
+        let Some(d) = a.device_of_raw(ptr as u64) else {
+            return status(
+                S::CUDALLOC_ERROR_UNKNOWN_POINTER,
+                format!("{ptr:p} was not allocated by cudalloc (or is already freed)"),
+            );
+        };
+        match a.record_stream_raw(d, ptr as u64, stream as u64) {
+            Ok(()) => S::CUDALLOC_OK as c_int,
+            Err(e) => fail(&e),
+        }
+    })
+}
+
+/// See the header.
+///
+/// # Safety
+/// `size` must be NULL or point to a writable `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cudalloc_base_allocation(
+    ptr: *mut c_void,
+    size: *mut usize,
+) -> *mut c_void {
+    boundary(std::ptr::null_mut(), || {
+        if ptr.is_null() || size.is_null() {
+            status(S::CUDALLOC_ERROR_NULL_ARGUMENT, "ptr or size is NULL");
+            return std::ptr::null_mut();
+        }
+        let Ok(a) = allocator() else {
+            return std::ptr::null_mut();
+        };
+        let p = ptr as u64;
+        let Some(d) = a.device_of_raw(p) else {
+            status(
+                S::CUDALLOC_ERROR_UNKNOWN_POINTER,
+                format!("{ptr:p} was not allocated by cudalloc (or is already freed)"),
+            );
+            return std::ptr::null_mut();
+        };
+        let segments = match a.snapshot(d) {
+            Ok(s) => s,
+            Err(e) => {
+                fail(&e);
+                return std::ptr::null_mut();
+            }
+        };
+        match segments.iter().find(|s| s.addr <= p && p < s.addr + s.size) {
+            Some(s) => {
+                // SAFETY: non-null, and the caller guarantees it points to a writable size_t.
+                unsafe { *size = s.size as usize };
+                s.addr as *mut c_void
+            }
+            None => {
+                status(
+                    S::CUDALLOC_ERROR_INTERNAL,
+                    format!("{ptr:p} is live but inside no segment"),
+                );
+                std::ptr::null_mut()
+            }
+        }
     })
 }
 
@@ -269,43 +358,6 @@ pub extern "C" fn cudalloc_empty_cache(device: c_int) -> c_int {
 #[unsafe(no_mangle)]
 pub extern "C" fn cudalloc_set_memory_fraction(fraction: f64, device: c_int) -> c_int {
     with_device(device, |a, d| a.set_memory_fraction(d, fraction))
-}
-
-fn c_stat(s: &core::stats::Stat) -> cudalloc_stat_t {
-    cudalloc_stat_t {
-        current: s.current,
-        peak: s.peak,
-        allocated: s.allocated,
-        freed: s.freed,
-    }
-}
-
-fn c_stats(m: &MemoryStats) -> cudalloc_stats_t {
-    let arr = |a: &core::stats::StatArray| [c_stat(&a[0]), c_stat(&a[1]), c_stat(&a[2])];
-    let b = &m.blocks;
-    let s = &m.segments;
-    cudalloc_stats_t {
-        struct_size: std::mem::size_of::<cudalloc_stats_t>(),
-        version: generated::CUDALLOC_STATS_VERSION,
-        reserved_padding: 0,
-        allocation: arr(&b.allocation),
-        segment: arr(&s.segment),
-        active: arr(&b.active),
-        inactive_split: arr(&b.inactive_split),
-        allocated_bytes: arr(&b.allocated_bytes),
-        reserved_bytes: arr(&s.reserved_bytes),
-        active_bytes: arr(&b.active_bytes),
-        inactive_split_bytes: arr(&b.inactive_split_bytes),
-        requested_bytes: arr(&b.requested_bytes),
-        oversize_allocations: c_stat(&b.oversize_allocations),
-        oversize_segments: c_stat(&s.oversize_segments),
-        num_alloc_retries: m.num_alloc_retries,
-        num_ooms: m.num_ooms,
-        num_sync_all_streams: m.num_sync_all_streams,
-        num_device_alloc: m.num_device_alloc,
-        num_device_free: m.num_device_free,
-        max_split_size: m.max_split_size,
-    }
 }
 
 /// Smallest `out_size` accepted: the header fields (size and version).
@@ -494,6 +546,13 @@ pub unsafe extern "C" fn cudalloc_dump_snapshot(path: *const c_char) -> c_int {
 pub extern "C" fn cudalloc_last_error() -> *const c_char {
     // No boundary: it must not clear the error it reports, and it cannot panic.
     LAST_ERROR.with(|e| e.borrow().as_ref().map_or(std::ptr::null(), |s| s.as_ptr()))
+}
+
+/// See the header.
+#[unsafe(no_mangle)]
+pub extern "C" fn cudalloc_last_status() -> c_int {
+    // No boundary, for the same reason as cudalloc_last_error.
+    LAST_STATUS.with(Cell::get)
 }
 
 /// See the header.

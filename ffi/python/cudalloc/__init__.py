@@ -8,10 +8,12 @@ statistics and summary — which PyTorch's pluggable-allocator path cannot repor
     print(cudalloc.memory_summary())
     cudalloc.memory_stats()["reserved_bytes.all.peak"]
 
-The library is found through CUDALLOC_LIBRARY (a path to libcudalloc.so), else next to this
-package, else in the repository's target/release or target/debug.
+The library is found through CUDALLOC_LIBRARY (a path to libcudalloc.so), else in this package
+(where `pip install ./ffi/python` builds it), else in the repository's target/release or
+target/debug.
 """
 import ctypes
+import importlib.machinery
 import os
 
 __all__ = [
@@ -81,7 +83,9 @@ def library_path():
     if env:
         return env
     here = os.path.dirname(os.path.abspath(__file__))
-    candidates = [os.path.join(here, "libcudalloc.so")]
+    # `pip install ./ffi/python` puts the library here as _libcudalloc<EXT_SUFFIX>.
+    candidates = [os.path.join(here, "_libcudalloc" + s) for s in importlib.machinery.EXTENSION_SUFFIXES]
+    candidates.append(os.path.join(here, "libcudalloc.so"))
     repo = os.path.abspath(os.path.join(here, "..", "..", ".."))
     for profile in ("release", "debug"):
         candidates.append(os.path.join(repo, "target", profile, "libcudalloc.so"))
@@ -99,13 +103,20 @@ def load():
     global _lib
     if _lib is not None:
         return _lib
-    lib = ctypes.CDLL(library_path())
+    path = library_path()
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as e:
+        raise CudallocError(f"cannot load libcudalloc.so from {path} (CUDALLOC_LIBRARY or the "
+                            f"package): {e}") from None
     sigs = {
         "cudalloc_malloc": (ctypes.c_void_p, [ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]),
         "cudalloc_free": (None, [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int, ctypes.c_void_p]),
         "cudalloc_cupy_malloc": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]),
         "cudalloc_cupy_free": (None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]),
         "cudalloc_record_stream": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]),
+        "cudalloc_record_stream_any": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p]),
+        "cudalloc_last_status": (ctypes.c_int, []),
         "cudalloc_empty_cache": (ctypes.c_int, [ctypes.c_int]),
         "cudalloc_set_memory_fraction": (ctypes.c_int, [ctypes.c_double, ctypes.c_int]),
         "cudalloc_get_stats": (ctypes.c_int, [ctypes.c_int, ctypes.POINTER(_Stats), ctypes.c_size_t]),
@@ -142,22 +153,34 @@ def configure(conf):
 
 
 def install_pytorch():
-    """Make cudalloc PyTorch's CUDA allocator. Must run before CUDA is first used."""
+    """Make cudalloc PyTorch's CUDA allocator. Must run before CUDA is first used.
+
+    Out of memory raises torch.OutOfMemoryError with cudalloc's explanation; Tensor.record_stream,
+    torch.cuda.empty_cache and set_per_process_memory_fraction reach cudalloc; torch.cuda's
+    statistics, summary, resets, _record_memory_history and _snapshot answer with cudalloc's
+    figures (see cudalloc/_torch_api.py)."""
     import torch
+
+    from . import _glue, _torch_api
 
     if torch.cuda.is_initialized():
         raise CudallocError(
             "install_pytorch() must be called before CUDA is first used (PyTorch can change "
             "its allocator only then): call it at the top of your program"
         )
-    alloc = torch.cuda.memory.CUDAPluggableAllocator(library_path(), "cudalloc_malloc", "cudalloc_free")
-    torch.cuda.memory.change_current_allocator(alloc)
-    load()
-    return alloc
+    glue = _glue.install(torch, load(), CudallocError)
+    _torch_api.patch(torch, __import__(__name__))
+    return glue
 
 
 def install_cupy():
-    """Make cudalloc CuPy's device allocator (CuPy's own pool is bypassed)."""
+    """Make cudalloc CuPy's device allocator (CuPy's own pool is bypassed).
+
+    CuPy's CFunctionAllocator passes no stream, so every CuPy allocation is served from, and
+    returned to, cudalloc's pool of the default (null) stream, whatever CuPy's current stream
+    is. That is safe when CuPy works on the default stream; a program running kernels on other
+    CuPy streams must synchronize them before freeing arrays they use (as with any allocator
+    that does not know the stream), or keep CuPy's own pool."""
     import cupy
 
     lib = load()

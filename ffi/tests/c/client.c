@@ -53,6 +53,7 @@ int main(void) {
     CHECK(cudalloc_last_error() == NULL);
     CHECK(cudalloc_malloc(-5, 0, NULL) == NULL);
     CHECK(error_mentions("negative"));
+    CHECK(cudalloc_last_status() == CUDALLOC_ERROR_INVALID_ARGUMENT);
     CHECK(cudalloc_malloc(100, 7, NULL) == NULL);
     CHECK(error_mentions("device 7"));
     CHECK(cudalloc_malloc(100, -1, NULL) == NULL);
@@ -91,6 +92,23 @@ int main(void) {
     CHECK(cudalloc_record_stream(p, 0, (cudaStream_t)0x10) == CUDALLOC_OK);
     CHECK(cudalloc_record_stream(NULL, 0, NULL) == CUDALLOC_ERROR_NULL_ARGUMENT);
     CHECK(cudalloc_record_stream((void *)0x1234, 0, NULL) == CUDALLOC_ERROR_UNKNOWN_POINTER);
+    CHECK(cudalloc_last_status() == CUDALLOC_ERROR_UNKNOWN_POINTER);
+    CHECK(cudalloc_record_stream_any(p, (cudaStream_t)0x20) == CUDALLOC_OK);
+    CHECK(cudalloc_last_status() == CUDALLOC_OK);
+    CHECK(cudalloc_record_stream_any(NULL, NULL) == CUDALLOC_ERROR_NULL_ARGUMENT);
+    CHECK(cudalloc_record_stream_any((void *)0x1234, NULL) == CUDALLOC_ERROR_UNKNOWN_POINTER);
+    CHECK(error_mentions("not allocated by cudalloc"));
+
+    /* base allocation: p (1 MiB) lies in the one 2 MiB segment reserved so far */
+    size_t seg = 0;
+    unsigned char *base = cudalloc_base_allocation(p, &seg);
+    CHECK(base != NULL && base <= p && p + (1 << 20) <= base + seg);
+    CHECK(seg == 2 << 20);
+    seg = 7;
+    CHECK(cudalloc_base_allocation((void *)0x1234, &seg) == NULL && seg == 7);
+    CHECK(cudalloc_last_status() == CUDALLOC_ERROR_UNKNOWN_POINTER);
+    CHECK(cudalloc_base_allocation(p, NULL) == NULL);
+    CHECK(cudalloc_last_status() == CUDALLOC_ERROR_NULL_ARGUMENT);
     CHECK(cudalloc_record_stream(p, 9, NULL) == CUDALLOC_ERROR_INVALID_DEVICE);
 
     /* Free: NULL does nothing; unknown pointers and double frees are reported, not fatal. */
@@ -137,6 +155,7 @@ int main(void) {
 
     /* Out of memory: the limit is half of 256 MiB. */
     CHECK(cudalloc_malloc(200 << 20, 0, NULL) == NULL);
+    CHECK(cudalloc_last_status() == CUDALLOC_ERROR_OUT_OF_MEMORY);
     CHECK(error_mentions("CUDA out of memory"));
     CHECK(cudalloc_get_stats(0, &st, sizeof st) == CUDALLOC_OK);
     CHECK(st.num_ooms == 1);
