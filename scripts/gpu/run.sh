@@ -50,6 +50,14 @@ export -f note
 part_suites() {
     local skip_cargo=" preload real_pytorch c_client "
     local bad=0 ran=0
+    # The test binaries read the project's files (traces/, tests/) and write temporary files
+    # under the folder they were built in: make it reach the checkout the bundle sits in.
+    local manifest; manifest="$(cat "$here/MANIFEST_DIR")"
+    if [ "$dry" = 0 ] && [ ! -d "$manifest" ] && [ -f "$here/../Cargo.toml" ]; then
+        mkdir -p "$(dirname "$manifest")" 2> /dev/null && ln -s "$(cd "$here/.." && pwd)" "$manifest" \
+            && note "linked $manifest to the checkout"
+    fi
+    [ -d "$manifest" ] || { note "$manifest missing: tests reading the project's files will fail"; bad=1; }
     for t in "$here"/tests/*; do
         local name; name="$(basename "$t")"
         if [ "$dry" = 1 ]; then
@@ -166,7 +174,7 @@ part_timings() {
     if [ "$dry" = 1 ]; then
         "$here/clients/pairs" 2000 3 4 || return 1
     else
-        "$here/clients/pairs" 20000 9 16 || return 1
+        "$here/clients/pairs" 5000 5 16 || return 1
     fi
     note "$(grep -c 'x$' "$OUT/logs/timings.log") figures (cudalloc C ABI, cuMemAlloc, cuMemAllocAsync)"
     if ! "$PYTHON" -c 'import torch' 2> /dev/null; then
