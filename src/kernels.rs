@@ -67,6 +67,14 @@ mod tests {
             }
         }
         assert!(SOURCES[0].text.contains("0xdeadbeefdeadbeefULL"));
+        if let Some(ptx) = TAG_PTX {
+            for k in SOURCES[0].kernels {
+                assert!(
+                    ptx.contains(&format!(".entry {k}(")),
+                    "build.rs's PTX lacks {k}"
+                );
+            }
+        }
         assert_eq!(POISON, 0xdeadbeefdeadbeef);
     }
 }
