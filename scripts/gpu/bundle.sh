@@ -59,7 +59,7 @@ cp kernels/*.cu "$out/kernels/"
 cp ffi/include/cudalloc.h "$out/include/"
 cp -r ffi/python/cudalloc "$out/python/"
 find "$out/python" -name __pycache__ -prune -exec rm -rf {} +
-cp scripts/gpu/clients/* "$out/clients/"
+cp scripts/gpu/clients/* benches/vs_pytorch/torch_alloc.cpp "$out/clients/"
 cp scripts/gpu/run.sh "$out/run.sh"
 # The test binaries find the project's files (traces, tests/pytorch) where they were built.
 echo "$root" > "$out/MANIFEST_DIR"

@@ -171,13 +171,33 @@ PY
     return $bad
 }
 
+# PyTorch's raw_alloc behind a C interface (benches/vs_pytorch/torch_alloc.cpp), built with
+# the torch of $PYTHON; prints the library's path, or nothing when it cannot be built.
+torch_harness() {
+    local dirs; dirs="$("$PYTHON" -c 'import os, torch; d = os.path.dirname(torch.__file__); print(d); print(os.path.dirname(d))' 2> /dev/null)" || return 0
+    local torch_dir site; torch_dir="$(sed -n 1p <<< "$dirs")"; site="$(sed -n 2p <<< "$dirs")"
+    local inc=(-I"$torch_dir/include")
+    for d in "$site"/nvidia/*/include /usr/local/cuda/include; do [ -d "$d" ] && inc+=(-I"$d"); done
+    ${CXX:-g++} -O2 -std=c++20 -shared -fPIC -o "$OUT/libtorch_alloc.so" "$here/clients/torch_alloc.cpp" \
+        "${inc[@]}" -L"$torch_dir/lib" -lc10_cuda -lc10 -Wl,-rpath,"$torch_dir/lib" >&2 \
+        && echo "$OUT/libtorch_alloc.so"
+}
+export -f torch_harness
+
 part_timings() {
+    local harness; harness="$(torch_harness)"
+    if [ -n "$harness" ]; then
+        export PAIRS_TORCH_LIB="$harness"
+    else
+        note "PyTorch's raw_alloc harness not built (see logs/timings.log)"
+        [ "$dry" = 0 ] && return 1
+    fi
     if [ "$dry" = 1 ]; then
         "$here/clients/pairs" 2000 3 4 || return 1
     else
         "$here/clients/pairs" 5000 5 16 || return 1
     fi
-    note "$(grep -c 'x$' "$OUT/logs/timings.log") figures (cudalloc C ABI, cuMemAlloc, cuMemAllocAsync)"
+    note "$(grep -c 'x$' "$OUT/logs/timings.log") figures ($(grep -c '^torch raw_alloc' "$OUT/logs/timings.log") of torch raw_alloc)"
     if ! "$PYTHON" -c 'import torch' 2> /dev/null; then
         note "PyTorch's pairs skipped: no torch for $PYTHON"
         [ "$dry" = 0 ] && return 1
@@ -223,7 +243,7 @@ run_part() {
 }
 
 # Limits add up to under 10 minutes on the GPU. CUDALLOC_GPU_PARTS picks some (a rerun).
-declare -A limit=([suites]=150 [stress]=120 [frameworks]=180 [timings]=90 [snapshots]=40)
+declare -A limit=([suites]=110 [stress]=110 [frameworks]=170 [timings]=150 [snapshots]=30)
 for p in ${CUDALLOC_GPU_PARTS:-suites stress frameworks timings snapshots}; do
     [ -n "${limit[$p]:-}" ] || { echo "run.sh: no part $p" >&2; exit 2; }
     run_part "$p" "${limit[$p]}"

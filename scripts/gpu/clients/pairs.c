@@ -1,6 +1,8 @@
 /* Cached malloc+free pair cost for the GPU kit (scripts/gpu/run.sh, part 4), in one run:
  * cudalloc's C ABI (cudalloc_malloc/cudalloc_free of libcudalloc.so, what the PyTorch
- * plug-in calls), raw cuMemAlloc/cuMemFree, and cuMemAllocAsync/cuMemFreeAsync (the driver's
+ * plug-in calls), PyTorch's raw_alloc_with_stream/raw_delete (through the C interface of
+ * benches/vs_pytorch/torch_alloc.cpp, when PAIRS_TORCH_LIB names it built), raw
+ * cuMemAlloc/cuMemFree, and cuMemAllocAsync/cuMemFreeAsync (the driver's
  * stream-ordered pool, what PyTorch's backend:cudaMallocAsync uses), on 1, 2, 4, 8 and 16
  * threads, each thread on its own stream, the same size mix for every engine. Each figure is
  * the median over ROUNDS rounds (engines interleaved within a round) of ns per pair per
@@ -38,8 +40,11 @@ static int pairs = 20000;
 static const size_t SIZES[] = {512, 2048, 8192, 65536, 262144, 1048576, 4096, 131072};
 #define NSIZES (sizeof SIZES / sizeof SIZES[0])
 
-enum engine { CUDALLOC, CUMEMALLOC, CUMEMALLOCASYNC, NENGINES };
-static const char *NAMES[] = {"cudalloc C ABI", "cuMemAlloc", "cuMemAllocAsync"};
+enum engine { CUDALLOC, TORCH, CUMEMALLOC, CUMEMALLOCASYNC, NENGINES };
+static const char *NAMES[] = {"cudalloc C ABI", "torch raw_alloc", "cuMemAlloc",
+                              "cuMemAllocAsync"};
+static void *(*p_torch_malloc)(size_t, void *);
+static void (*p_torch_free)(void *);
 
 struct job { enum engine e; CUstream s; pthread_barrier_t *go; double ns; int failed; };
 
@@ -56,6 +61,10 @@ static int pass(enum engine e, CUstream s, int n) {
             void *p = cudalloc_malloc((ssize_t)size, 0, (cudaStream_t)s);
             if (!p) return 1;
             cudalloc_free(p, (ssize_t)size, 0, (cudaStream_t)s);
+        } else if (e == TORCH) {
+            void *p = p_torch_malloc(size, s);
+            if (!p) return 1;
+            p_torch_free(p);
         } else if (e == CUMEMALLOC) {
             CUdeviceptr p;
             if (p_cuMemAlloc(&p, size) != 0 || p_cuMemFree(p) != 0) return 1;
@@ -131,23 +140,43 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < 16; i++)
         if (p_cuStreamCreate(&streams[i], 1)) { fprintf(stderr, "pairs: cuStreamCreate\n"); return 2; }
+    int engines[NENGINES], nengines = 0;
+    engines[nengines++] = CUDALLOC;
+    const char *torch = getenv("PAIRS_TORCH_LIB");
+    if (torch && *torch) {
+        void *t = dlopen(torch, RTLD_NOW);
+        int (*init)(void) = t ? (int (*)(void))dlsym(t, "torch_alloc_init") : NULL;
+        if (!init || init() != 0) {
+            fprintf(stderr, "pairs: %s: %s\n", torch, t ? "torch_alloc_init failed" : dlerror());
+            return 2;
+        }
+        *(void **)&p_torch_malloc = dlsym(t, "torch_alloc_malloc");
+        *(void **)&p_torch_free = dlsym(t, "torch_alloc_free");
+        if (!p_torch_malloc || !p_torch_free) { fprintf(stderr, "pairs: %s lacks symbols\n", torch); return 2; }
+        engines[nengines++] = TORCH;
+    } else {
+        printf("pairs: PyTorch's raw_alloc skipped (PAIRS_TORCH_LIB unset)\n");
+    }
+    engines[nengines++] = CUMEMALLOC;
+    engines[nengines++] = CUMEMALLOCASYNC;
     int failed = 0;
     printf("pairs: %d pairs per thread, median of %d rounds, ns per pair per thread\n", pairs, rounds);
     printf("%-16s %7s %10s %12s\n", "engine", "threads", "ns/pair", "vs cudalloc");
     for (int threads = 1; threads <= max_threads; threads *= 2) {
         double med[NENGINES];
-        for (int e = 0; e < NENGINES; e++) {
-            timed((enum engine)e, threads, &failed); /* warm-up: fills every cache */
+        for (int i = 0; i < nengines; i++) {
+            timed((enum engine)engines[i], threads, &failed); /* warm-up: fills every cache */
         }
         double samples[NENGINES][99];
         for (int r = 0; r < rounds; r++)
-            for (int e = 0; e < NENGINES; e++) samples[e][r] = timed((enum engine)e, threads, &failed);
-        for (int e = 0; e < NENGINES; e++) {
-            qsort(samples[e], (size_t)rounds, sizeof(double), cmp);
-            med[e] = samples[e][rounds / 2];
+            for (int i = 0; i < nengines; i++)
+                samples[i][r] = timed((enum engine)engines[i], threads, &failed);
+        for (int i = 0; i < nengines; i++) {
+            qsort(samples[i], (size_t)rounds, sizeof(double), cmp);
+            med[i] = samples[i][rounds / 2];
         }
-        for (int e = 0; e < NENGINES; e++)
-            printf("%-16s %7d %10.1f %11.2fx\n", NAMES[e], threads, med[e], med[e] / med[CUDALLOC]);
+        for (int i = 0; i < nengines; i++)
+            printf("%-16s %7d %10.1f %11.2fx\n", NAMES[engines[i]], threads, med[i], med[i] / med[0]);
     }
     if (failed) { fprintf(stderr, "pairs: an allocation failed\n"); return 1; }
     return 0;
