@@ -200,7 +200,7 @@ part_timings() {
     note "$(grep -c 'x$' "$OUT/logs/timings.log") figures ($(grep -c '^torch raw_alloc' "$OUT/logs/timings.log") of torch raw_alloc)"
     if ! "$PYTHON" -c 'import torch' 2> /dev/null; then
         note "PyTorch's pairs skipped: no torch for $PYTHON"
-        [ "$dry" = 0 ] && return 1
+        if [ "$dry" = 0 ]; then return 1; fi
     else
         if [ "$dry" = 1 ]; then
             "$PYTHON" "$here/clients/pairs_torch.py" 2000 3 || return 1
@@ -220,7 +220,7 @@ part_snapshots() {
     done
     if [ "$n" = 0 ]; then
         note "no snapshots were recorded"
-        [ "$dry" = 1 ] && [ -z "$(command -v "$PYTHON")" -o -n "$("$PYTHON" -c 'import torch' 2>&1)" ] && return 77
+        if [ "$dry" = 1 ] && ! "$PYTHON" -c 'import torch' 2> /dev/null; then return 77; fi
         return 1
     fi
     note "$n snapshots in traces/, each replayed"
