@@ -5,6 +5,10 @@
 //!
 //! A machine with no C compiler still builds the crate: the stand-in is then left out (with
 //! one warning) and what needs it says so at run time. Nothing here needs CUDA.
+//!
+//! The kernels (`kernels/*.cu`) are embedded as source by `src/kernels.rs`; when `nvcc` is on
+//! the `PATH` (or in `$CUDA_HOME/bin`) they are also compiled to PTX for `compute_90` (the
+//! H200), and a missing or failing `nvcc` only leaves the PTX out.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -41,6 +45,9 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(cudalloc_standin)");
     println!("cargo::rerun-if-changed=ffi/standin");
     println!("cargo::rerun-if-env-changed=CC");
+    println!("cargo::rustc-check-cfg=cfg(cudalloc_kernels_ptx)");
+    println!("cargo::rerun-if-changed=kernels");
+    println!("cargo::rerun-if-env-changed=CUDA_HOME");
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     match build_standin(&out) {
         Ok(()) => println!("cargo::rustc-cfg=cudalloc_standin"),
@@ -48,6 +55,36 @@ fn main() {
             "cargo::warning=the stand-in CUDA (ffi/standin) was not built, so `cudalloc replay \
              --reference pytorch` and the real-PyTorch tests are unavailable: {e}"
         ),
+    }
+    if let Some(nvcc) = find_nvcc() {
+        match build_ptx(&nvcc, &out) {
+            Ok(()) => println!("cargo::rustc-cfg=cudalloc_kernels_ptx"),
+            Err(e) => println!("cargo::warning=kernels/tag.cu was not compiled to PTX: {e}"),
+        }
+    }
+}
+
+/// `nvcc` from `$CUDA_HOME/bin`, else from the `PATH`.
+fn find_nvcc() -> Option<PathBuf> {
+    let home = env::var_os("CUDA_HOME").map(|h| PathBuf::from(h).join("bin"));
+    let path = env::var_os("PATH").unwrap_or_default();
+    home.into_iter()
+        .chain(env::split_paths(&path))
+        .map(|dir| dir.join("nvcc"))
+        .find(|p| p.is_file())
+}
+
+fn build_ptx(nvcc: &Path, out: &Path) -> Result<(), String> {
+    let output = std::process::Command::new(nvcc)
+        .args(["--ptx", "-arch=compute_90", "-o"])
+        .arg(out.join("tag.ptx"))
+        .arg("kernels/tag.cu")
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", nvcc.display()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
     }
 }
 

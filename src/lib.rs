@@ -24,6 +24,7 @@ pub mod error;
 pub mod explain;
 pub mod history;
 pub mod ids;
+pub mod kernels;
 pub mod oom;
 pub mod policy;
 pub mod reference;
