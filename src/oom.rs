@@ -63,10 +63,12 @@ impl OomError {
             let suggest_mb = (self.rounded >> 20).max(21);
             format!(
                 "This is fragmentation: {} is reserved but free, more than the {} requested, \
-                 yet the largest free block is only {}. Set CUDALLOC_CONF=max_split_size_mb:{} \
-                 (blocks of that size and above are never split) or \
-                 roundup_power2_divisions:4 (fewer distinct sizes), or call empty_cache() \
-                 between phases.",
+                 yet the largest free block is only {}. Set \
+                 CUDALLOC_CONF=expandable_segments:True (free pages are given back and mapped \
+                 where a request needs them; `cudalloc replay --suggest` on a snapshot shows \
+                 what each setting reserves), or max_split_size_mb:{} (blocks of that size and \
+                 above are never split) or roundup_power2_divisions:4 (fewer distinct sizes), \
+                 or call empty_cache() between phases.",
                 format_bytes(self.reserved_free),
                 format_bytes(self.rounded),
                 format_bytes(self.largest_free_block),

@@ -27,7 +27,8 @@ pub struct ReplayOptions {
     pub config: Option<Config>,
     /// Simulated capacity; `None`: the trace's device total, else [`DEFAULT_CAPACITY`].
     pub capacity: Option<u64>,
-    /// Keep a sampled series (for plots), at most about this many points; 0: none.
+    /// Keep a sampled series (for plots) of about this many buckets, each as its lowest and
+    /// highest values (so peaks survive); 0: none.
     pub series_points: usize,
     /// Record the allocator's event history (for `--dump-snapshot`).
     pub record_history: bool,
@@ -246,6 +247,8 @@ fn replay_until(
     let mut ooms = 0u64;
     let mut replayed = 0u64;
     let mut series = Vec::new();
+    // The lowest and highest values of the series bucket being filled.
+    let mut bucket: Option<(Point, Point)> = None;
     let started = Instant::now();
 
     let mut warm_segments = 0;
@@ -371,13 +374,29 @@ fn replay_until(
             _ => {}
         }
         prev_kind = Some(e.kind);
-        if i.is_multiple_of(step) {
-            series.push(Point {
+        if step != usize::MAX {
+            // Each bucket of `step` events keeps its lowest and highest values, so a peak
+            // between two samples is never lost from the plot.
+            let now = Point {
                 event: i,
                 live,
                 reserved: alloc.reserved_bytes(0),
                 pytorch_reserved: py_series.as_ref().map(|s| s[i]),
-            });
+            };
+            let (lo, hi) = bucket.get_or_insert((now, now));
+            lo.live = lo.live.min(now.live);
+            lo.reserved = lo.reserved.min(now.reserved);
+            lo.pytorch_reserved = lo.pytorch_reserved.min(now.pytorch_reserved);
+            hi.live = hi.live.max(now.live);
+            hi.reserved = hi.reserved.max(now.reserved);
+            hi.pytorch_reserved = hi.pytorch_reserved.max(now.pytorch_reserved);
+            if (i + 1).is_multiple_of(step) || i + 1 == events.len() {
+                let (mut lo, mut hi) = bucket.take().unwrap_or((now, now));
+                lo.event = i;
+                hi.event = i;
+                series.push(lo);
+                series.push(hi);
+            }
         }
         if i.is_multiple_of(65536) {
             progress(i as u64 + dev.initial_live.len() as u64);

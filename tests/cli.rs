@@ -184,3 +184,35 @@ fn plots_by_extension_and_paths_named_in_errors() {
     let first = std::fs::read_to_string(&svg).unwrap();
     assert!(first.contains("[defaults]"), "the setting is in the title");
 }
+
+#[test]
+fn the_plotted_series_keeps_the_peaks() {
+    use cudalloc::replay::{ReplayOptions, replay_device};
+    for name in [
+        "cpu_bert_train.csv",
+        "cpu_gpt2_train.csv",
+        "cpu_resnet18_train.csv",
+    ] {
+        let t = cudalloc::trace::read_trace(&trace(name), None).unwrap();
+        let opts = ReplayOptions {
+            series_points: 50,
+            ..ReplayOptions::default()
+        };
+        let r = replay_device(&t, &t.devices[0], &opts, |_| {}).unwrap();
+        assert!(
+            r.series.len() <= 2 * 51 + 2,
+            "{name}: {} points",
+            r.series.len()
+        );
+        let live = r.series.iter().map(|p| p.live).max().unwrap();
+        let reserved = r.series.iter().map(|p| p.reserved).max().unwrap();
+        assert_eq!(
+            live, r.peak_allocated,
+            "{name}: the live peak is in the series"
+        );
+        assert_eq!(
+            reserved, r.peak_reserved,
+            "{name}: the reserved peak is in the series"
+        );
+    }
+}

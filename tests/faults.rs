@@ -120,6 +120,7 @@ fn true_oom_reports_every_figure_and_names_fragmentation() {
         "{msg}"
     );
     assert!(msg.contains("fragmentation"), "{msg}");
+    assert!(msg.contains("expandable_segments:True"), "{msg}");
     assert!(msg.contains("max_split_size_mb"), "{msg}");
     let st = alloc.memory_stats(0).unwrap();
     assert_eq!(st.num_ooms, 1);
