@@ -216,3 +216,21 @@ fn the_plotted_series_keeps_the_peaks() {
         );
     }
 }
+
+#[test]
+fn a_header_only_csv_and_an_empty_snapshot_behave_the_same() {
+    let csv = tmp("header-only.csv");
+    std::fs::write(&csv, "action,ptr,size,stream\n").unwrap();
+    // An empty snapshot pickle: {'segments': [], 'device_traces': []}, protocol 2.
+    let snap = tmp("empty.pickle");
+    std::fs::write(
+        &snap,
+        b"\x80\x02}q\x00(X\x08\x00\x00\x00segmentsq\x01]q\x02X\r\x00\x00\x00device_tracesq\x03]q\x04u.",
+    )
+    .unwrap();
+    for p in [&csv, &snap] {
+        let o = run(&["replay", p.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "{p:?}");
+        assert!(text(&o).1.contains("no events"), "{p:?}: {}", text(&o).1);
+    }
+}

@@ -183,6 +183,11 @@ fn replay(args: ReplayArgs) -> Result<bool, Box<dyn std::error::Error>> {
     let mut any_oom = false;
     for path in &args.traces {
         let mut trace = read_trace(path, None)?;
+        // A device with nothing to replay is no device of the trace's (a header-only CSV is
+        // then the same as an empty snapshot: no events).
+        trace
+            .devices
+            .retain(|x| !x.events.is_empty() || !x.initial_live.is_empty());
         if let Some(d) = args.device {
             let with: Vec<String> = trace.devices.iter().map(|x| x.device.to_string()).collect();
             trace.devices.retain(|x| x.device == d);
