@@ -42,3 +42,8 @@ pub use config::Config;
 pub use error::{BackendError, Error, Result};
 pub use oom::OomError;
 pub use stats::MemoryStats;
+
+/// The README's Rust example, compiled and run as a doc test so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
