@@ -352,10 +352,16 @@ fn print_table(reports: &[ReplayReport]) {
     // The trace's own out-of-memory events, judged (the same for every setting).
     for o in &first.oom_events {
         println!("verdict: {}", o.verdict);
-        let short = o
-            .short_by
-            .map(|b| format!("; cut at least {}", mib(b)))
-            .unwrap_or_default();
+        let short = match (o.verdict, o.short_by) {
+            (_, Some(b)) => format!("; no setting helps: cut at least {}", mib(b)),
+            (cudalloc::explain::Verdict::Fragmentation, _) => format!(
+                "; the memory was there in pieces: `cudalloc replay --suggest {}` ranks the \
+                 settings on this capacity ({})",
+                first.trace,
+                mib(first.capacity)
+            ),
+            _ => String::new(),
+        };
         println!(
             "  PyTorch failed {} at event {}: {} live, {} free on the device, PyTorch reserved {}{short}",
             mib(o.request),
