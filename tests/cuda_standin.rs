@@ -192,7 +192,8 @@ fn allocator_over_standin_driver() {
 #[ignore = "runs in a child process started by allocator_over_standin_driver"]
 fn child_allocator() {
     assert_in_child();
-    let alloc = CachingAllocator::new(CudaBackend::new().unwrap(), Config::default()).unwrap();
+    let alloc =
+        CachingAllocator::new(CudaBackend::new().unwrap(), Config::fixed_segments()).unwrap();
     // N malloc/free pairs of one size cost one cuMemAlloc.
     for _ in 0..1000 {
         let a = alloc.malloc(3 * MIB, 0).unwrap();

@@ -95,7 +95,11 @@ fn out_of_memory_gives_back_free_pages_of_other_streams() {
     let a = CachingAllocator::new(backend, cfg).unwrap();
     drop(a.malloc(50 * MIB, s1).unwrap()); // 50 MiB mapped, free, on s1
     let y = a.malloc(40 * MIB, s2).unwrap(); // needs s1's pages back
-    assert_eq!(a.memory_stats(0).unwrap().num_alloc_retries, 1);
+    // s2's growth takes them itself (it would go beyond the device's high-water mark):
+    // no out-of-memory retry is needed.
+    assert_eq!(a.memory_stats(0).unwrap().num_alloc_retries, 0);
+    // At most one page above the high-water mark (50 MiB).
+    assert_eq!(a.reserved_bytes(0), 52 * MIB);
     assert!(a.backend().counts().used <= 64 * MIB);
     drop(y);
     a.check_invariants().unwrap();
@@ -174,5 +178,20 @@ fn a_small_block_on_a_large_pool_page_counts_there_and_goes_back_there() {
     );
     a.empty_cache(None).unwrap();
     assert_eq!(a.backend().counts().used, 0, "every page given back");
+    a.check_invariants().unwrap();
+}
+
+#[test]
+fn a_request_beyond_the_device_reserves_no_address_range() {
+    // Found by tests/mutation.rs: a mutated trace asked for 127 TiB, and the expandable
+    // segment's address range was sized to it (seconds per attempt in the simulator).
+    let a = CachingAllocator::new(SimBackend::new(64 * MIB), Config::default()).unwrap();
+    let e = a.malloc(1 << 47, 0).unwrap_err();
+    assert!(matches!(e, cudalloc::Error::OutOfMemory(_)), "{e}");
+    assert_eq!(a.backend().counts().reserve_range, 0);
+    drop(a.malloc(MIB, 0).unwrap());
+    let e = a.malloc(1 << 47, 0).unwrap_err();
+    assert!(matches!(e, cudalloc::Error::OutOfMemory(_)), "{e}");
+    assert_eq!(a.backend().counts().reserve_range, 1);
     a.check_invariants().unwrap();
 }

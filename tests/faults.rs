@@ -38,7 +38,7 @@ fn workload(alloc: &CachingAllocator<SimBackend>) -> Vec<Result<(), String>> {
 #[test]
 fn a_failing_segment_allocation_at_any_point_leaves_the_allocator_usable() {
     let clean = SimBackend::new(1 << 30);
-    let a = CachingAllocator::new(clean, Config::default()).unwrap();
+    let a = CachingAllocator::new(clean, Config::fixed_segments()).unwrap();
     workload(&a);
     let calls = a.backend().counts().alloc_calls;
     assert!(calls > 5);
@@ -54,7 +54,7 @@ fn a_failing_segment_allocation_at_any_point_leaves_the_allocator_usable() {
                 }
             };
             backend.fail_nth_alloc(n, err);
-            let alloc = CachingAllocator::new(backend, Config::default()).unwrap();
+            let alloc = CachingAllocator::new(backend, Config::fixed_segments()).unwrap();
             let results = workload(&alloc);
             let failures = results.iter().filter(|r| r.is_err()).count();
             if oom {
@@ -77,7 +77,8 @@ fn a_failing_segment_allocation_at_any_point_leaves_the_allocator_usable() {
 
 #[test]
 fn oom_releases_cache_and_retries() {
-    let alloc = CachingAllocator::new(SimBackend::new(100 * MIB), Config::default()).unwrap();
+    let alloc =
+        CachingAllocator::new(SimBackend::new(100 * MIB), Config::fixed_segments()).unwrap();
     // Fill with five 20 MiB segments, then free them: they stay cached.
     let v: Vec<_> = (0..5).map(|_| alloc.malloc(20 * MIB, 0).unwrap()).collect();
     drop(v);
@@ -94,7 +95,7 @@ fn oom_releases_cache_and_retries() {
 
 #[test]
 fn true_oom_reports_every_figure_and_names_fragmentation() {
-    let alloc = CachingAllocator::new(SimBackend::new(60 * MIB), Config::default()).unwrap();
+    let alloc = CachingAllocator::new(SimBackend::new(60 * MIB), Config::fixed_segments()).unwrap();
     // Three 20 MiB segments, each holding two 9 MiB blocks (and 2 MiB free).
     let mut all: Vec<_> = (0..6).map(|_| alloc.malloc(9 * MIB, 0).unwrap()).collect();
     assert_eq!(alloc.reserved_bytes(0), 60 * MIB);
@@ -134,7 +135,8 @@ fn true_oom_reports_every_figure_and_names_fragmentation() {
 
 #[test]
 fn memory_fraction_limits_reserved_and_is_reported() {
-    let alloc = CachingAllocator::new(SimBackend::new(1000 * MIB), Config::default()).unwrap();
+    let alloc =
+        CachingAllocator::new(SimBackend::new(1000 * MIB), Config::fixed_segments()).unwrap();
     alloc.set_memory_fraction(0, 0.1).unwrap();
     let a = alloc.malloc(60 * MIB, 0).unwrap();
     let e = match alloc.malloc(60 * MIB, 0) {
@@ -151,7 +153,7 @@ fn memory_fraction_limits_reserved_and_is_reported() {
 
 #[test]
 fn bad_inputs_are_errors_and_change_nothing() {
-    let alloc = CachingAllocator::new(SimBackend::new(1 << 30), Config::default()).unwrap();
+    let alloc = CachingAllocator::new(SimBackend::new(1 << 30), Config::fixed_segments()).unwrap();
     let p = alloc.allocate_raw(0, 4096, 0).unwrap();
     let before = alloc.memory_stats(0).unwrap();
     assert!(matches!(
@@ -196,7 +198,7 @@ fn oom_ladder_waits_for_outstanding_events() {
     let backend = SimBackend::new(40 * MIB);
     let s1 = backend.create_stream();
     let s2 = backend.create_stream();
-    let alloc = CachingAllocator::new(backend, Config::default()).unwrap();
+    let alloc = CachingAllocator::new(backend, Config::fixed_segments()).unwrap();
     let a = alloc.malloc(20 * MIB, s1).unwrap();
     a.record_stream(s2);
     drop(a); // pending on s2's event
@@ -214,12 +216,19 @@ fn oom_ladder_waits_for_outstanding_events() {
 
 #[test]
 fn expandable_segments_need_virtual_memory_from_the_backend() {
-    let cfg = Config {
-        expandable_segments: true,
-        ..Config::default()
-    };
+    let cfg = Config::parse("expandable_segments:True").unwrap();
     let e = CachingAllocator::new(Faulty::new(), cfg).unwrap_err();
     assert!(e.to_string().contains("virtual memory"), "{e}");
+}
+
+#[test]
+fn by_default_a_backend_without_virtual_memory_gets_fixed_segments() {
+    let alloc = CachingAllocator::new(Faulty::new(), Config::default()).unwrap();
+    assert!(!alloc.config().expandable_segments);
+    assert_eq!(alloc.config().to_string(), "expandable_segments:False");
+    let p = alloc.malloc(3 << 20, 0).unwrap();
+    assert_eq!(alloc.memory_stats(0).unwrap().num_device_alloc, 1);
+    drop(p);
 }
 
 #[test]
@@ -231,7 +240,7 @@ fn an_event_error_while_releasing_cache_loses_no_segment() {
             fail_queries_on: Some(100),
             ..Faulty::new()
         };
-        let alloc = CachingAllocator::new(backend, Config::default()).unwrap();
+        let alloc = CachingAllocator::new(backend, Config::fixed_segments()).unwrap();
         for s in 1..=5u64 {
             let a = alloc.malloc(3 * MIB, s).unwrap();
             if s == bad {
@@ -254,7 +263,7 @@ fn a_block_whose_other_stream_cannot_be_tracked_is_never_reused() {
         fail_record_and_sync: true,
         ..Faulty::new()
     };
-    let alloc = CachingAllocator::new(backend, Config::default()).unwrap();
+    let alloc = CachingAllocator::new(backend, Config::fixed_segments()).unwrap();
     let a = alloc.malloc(MIB, 1).unwrap();
     let addr = a.ptr();
     a.record_stream(2);
@@ -284,7 +293,7 @@ fn a_quarantined_block_stays_out_when_its_recorded_events_complete() {
         fail_sync: true,
         ..Faulty::new()
     };
-    let alloc = CachingAllocator::new(backend, Config::default()).unwrap();
+    let alloc = CachingAllocator::new(backend, Config::fixed_segments()).unwrap();
     let a = alloc.malloc(MIB, 1).unwrap();
     let addr = a.ptr();
     a.record_stream(2);
@@ -314,13 +323,13 @@ fn close_reports_what_drop_cannot() {
         fail_free: true,
         ..Faulty::new()
     };
-    let alloc = CachingAllocator::new(backend, Config::default()).unwrap();
+    let alloc = CachingAllocator::new(backend, Config::fixed_segments()).unwrap();
     drop(alloc.malloc(3 * MIB, 0).unwrap());
     drop(alloc.malloc(MIB / 2, 0).unwrap());
     let e = alloc.close().expect_err("the driver's free failed");
     assert!(e.to_string().contains("injected free failure"), "{e}");
     // With a driver that frees, close gives everything back without an error.
-    let alloc = CachingAllocator::new(Faulty::new(), Config::default()).unwrap();
+    let alloc = CachingAllocator::new(Faulty::new(), Config::fixed_segments()).unwrap();
     drop(alloc.malloc(3 * MIB, 0).unwrap());
     alloc.close().unwrap();
 }

@@ -34,10 +34,18 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// One test for both segment kinds: the counter is global, so they must not run at once.
 #[test]
 fn cached_malloc_free_pairs_do_not_touch_the_heap() {
-    let alloc =
-        CachingAllocator::new(SimBackend::new(1 << 30).virtual_only(), Config::default()).unwrap();
+    // The defaults (expandable segments) and PyTorch's fixed segments.
+    for config in [Config::default(), Config::fixed_segments()] {
+        cached_pairs(config);
+    }
+}
+
+fn cached_pairs(config: Config) {
+    let alloc = CachingAllocator::new(SimBackend::new(1 << 30).virtual_only(), config).unwrap();
+    let before = COUNT.load(Ordering::Relaxed);
     let sizes = [
         512u64,
         3000,
@@ -64,8 +72,9 @@ fn cached_malloc_free_pairs_do_not_touch_the_heap() {
     run();
     ON.store(false, Ordering::Relaxed);
     assert_eq!(
-        COUNT.load(Ordering::Relaxed),
+        COUNT.load(Ordering::Relaxed) - before,
         0,
-        "heap allocations in steady state"
+        "heap allocations in steady state ({})",
+        alloc.config()
     );
 }

@@ -16,6 +16,8 @@ fn oom_snapshot(capacity: u64, name: &str) -> (PathBuf, u64) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let t = read_trace(&root.join("traces/cpu_gpt2_train.csv"), None).unwrap();
     let opts = ReplayOptions {
+        // PyTorch's fixed segments: the snapshots stand for PyTorch runs.
+        config: Some(cudalloc::Config::fixed_segments()),
         capacity: Some(capacity),
         record_history: true,
         ..ReplayOptions::default()

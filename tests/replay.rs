@@ -42,7 +42,15 @@ fn csv_trace_reads_and_replays() {
     assert_eq!(r.events, 6);
     assert_eq!(r.ooms, 0);
     assert_eq!(r.peak_allocated, MIB + 3_000_000);
-    // 1 MiB from a 2 MiB small segment, 3 MB from a 20 MiB large one.
+    // The defaults, expandable segments: one 2 MiB page for 1 MiB, two for 3 MB.
+    assert_eq!(r.peak_reserved, 6 * MIB);
+    assert_eq!(r.device_allocs, 2);
+    let fixed = ReplayOptions {
+        config: Some(Config::fixed_segments()),
+        ..ReplayOptions::default()
+    };
+    let r = replay_device(&t, d, &fixed, |_| {}).unwrap();
+    // Fixed segments: 1 MiB from a 2 MiB small segment, 3 MB from a 20 MiB large one.
     assert_eq!(r.peak_reserved, 22 * MIB);
     assert_eq!(r.device_allocs, 2);
 }
@@ -140,7 +148,7 @@ fn a_replay_starts_from_the_cache_the_snapshot_began_with() {
     // Segments cached before the history starts (all their blocks freed), then a workload
     // recorded with the peak statistics reset: a warm replay starts where the allocator did
     // and must reach exactly its peak.
-    let alloc = CachingAllocator::new(SimBackend::new(1 << 30), Config::default()).unwrap();
+    let alloc = CachingAllocator::new(SimBackend::new(1 << 30), Config::fixed_segments()).unwrap();
     let before: Vec<_> = [30 * MIB, 3 * MIB, 300_000, 512 * MIB]
         .iter()
         .map(|&n| alloc.malloc(n, 0).unwrap())
@@ -165,7 +173,13 @@ fn a_replay_starts_from_the_cache_the_snapshot_began_with() {
     let mut sizes: Vec<u64> = d.initial_segments.iter().map(|s| s.size).collect();
     sizes.sort_unstable();
     assert_eq!(sizes, vec![2 * MIB, 20 * MIB, 30 * MIB, 512 * MIB]);
-    let warm = replay_device(&t, d, &ReplayOptions::default(), |_| {}).unwrap();
+    // The snapshot records expandable_segments False, which PyTorch records by default:
+    // a replay of it gets cudalloc's defaults unless told otherwise.
+    let fixed = ReplayOptions {
+        config: Some(Config::fixed_segments()),
+        ..ReplayOptions::default()
+    };
+    let warm = replay_device(&t, d, &fixed, |_| {}).unwrap();
     assert_eq!(warm.warm_segments, 4);
     assert_eq!(
         warm.peak_reserved, peak,
@@ -174,7 +188,7 @@ fn a_replay_starts_from_the_cache_the_snapshot_began_with() {
     assert_eq!(d.pytorch_peak_reserved(), Some(peak));
     let cold = ReplayOptions {
         cold_start: true,
-        ..ReplayOptions::default()
+        ..fixed
     };
     let cold = replay_device(&t, d, &cold, |_| {}).unwrap();
     assert_eq!(cold.warm_segments, 0);
@@ -289,16 +303,22 @@ fn cli_replay_json_and_outputs() {
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.contains("<svg") && svg.contains("cudalloc reserved"));
 
-    // The summary at the peak: after the second alloc (event 1), before the free.
+    // The summary at the peak, fixed segments: after the second alloc (event 1, a new small
+    // segment), before the free.
     let out = Command::new(env!("CARGO_BIN_EXE_cudalloc"))
-        .args(["replay", "--summary-at-peak", "--conf", ""])
+        .args([
+            "replay",
+            "--summary-at-peak",
+            "--conf",
+            "expandable_segments:False",
+        ])
         .arg(&trace)
         .output()
         .unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("cudalloc at its peak (after event 1) [defaults]:"),
+        stdout.contains("cudalloc at its peak (after event 1) [expandable_segments:False]:"),
         "{stdout}"
     );
     assert!(stdout.contains("memory summary"), "{stdout}");

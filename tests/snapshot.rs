@@ -29,7 +29,7 @@ fn int(v: &Value) -> i64 {
 
 #[test]
 fn snapshot_has_segments_blocks_and_history() {
-    let alloc = CachingAllocator::new(SimBackend::new(1 << 30), Config::default()).unwrap();
+    let alloc = CachingAllocator::new(SimBackend::new(1 << 30), Config::fixed_segments()).unwrap();
     alloc.record_history(true, 1000);
     let a = alloc.malloc(1000, 0).unwrap();
     let b = alloc.malloc(5 << 20, 0).unwrap();

@@ -121,7 +121,11 @@ fn settings_round_trip_in_pytorchs_form() {
         let p = alloc.allocate_raw(0, 3 * MIB, 0).unwrap();
         let bytes = alloc.snapshot_pickle().unwrap();
         let t = replays(&bytes);
-        assert_eq!(t.devices[0].settings.as_ref(), Some(&cfg), "{conf}");
+        // The snapshot records expandable_segments as in force (here the default, True),
+        // which reads back as asked for.
+        let mut want = cfg.clone();
+        want.expandable_segments_set = true;
+        assert_eq!(t.devices[0].settings.as_ref(), Some(&want), "{conf}");
         // The divisions are a dict keyed by the interval in MiB, as PyTorch writes them.
         let v = serde_pickle::value_from_slice(&bytes, DeOptions::new()).unwrap();
         let Value::Dict(root) = v else { panic!() };

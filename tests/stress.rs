@@ -53,7 +53,7 @@ fn verify(ptr: u64, size: u64, tag: u8) -> bool {
 fn stress(devices: usize, threads: usize, iters: usize) {
     let backend = SimBackend::with_devices(devices, 4 << 30).auto_complete();
     let shared_stream = backend.create_stream();
-    let alloc = CachingAllocator::new(backend, Config::default()).unwrap();
+    let alloc = CachingAllocator::new(backend, Config::fixed_segments()).unwrap();
     let handoff: Mutex<Vec<(usize, u64, u64, u8)>> = Mutex::new(Vec::new());
     let checked = AtomicU64::new(0);
     std::thread::scope(|s| {
@@ -148,7 +148,7 @@ fn cross_stream_use_waits_for_events_under_threads() {
     let backend = SimBackend::new(1 << 30);
     let s1 = backend.create_stream();
     let s2 = backend.create_stream();
-    let alloc = CachingAllocator::new(backend, Config::default()).unwrap();
+    let alloc = CachingAllocator::new(backend, Config::fixed_segments()).unwrap();
     let a = alloc.malloc(MIB, s1).unwrap();
     let addr = a.ptr();
     a.record_stream(s2);

@@ -21,6 +21,8 @@ pub(super) struct Ledger {
     reserved: CachePadded<AtomicU64>,
     /// Most bytes that may be reserved (the memory fraction; `u64::MAX`: none).
     limit: AtomicU64,
+    /// The most bytes ever reserved at once (not reset with the peak statistics).
+    high_water: AtomicU64,
     segments: Mutex<SegmentStats>,
     device_allocs: AtomicU64,
     device_frees: AtomicU64,
@@ -35,6 +37,7 @@ impl Ledger {
         Ledger {
             reserved: CachePadded::new(AtomicU64::new(0)),
             limit: AtomicU64::new(u64::MAX),
+            high_water: AtomicU64::new(0),
             segments: Mutex::new(SegmentStats::default()),
             device_allocs: AtomicU64::new(0),
             device_frees: AtomicU64::new(0),
@@ -46,6 +49,11 @@ impl Ledger {
 
     pub(super) fn reserved(&self) -> u64 {
         self.reserved.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes ever reserved at once.
+    pub(super) fn high_water(&self) -> u64 {
+        self.high_water.load(Ordering::Relaxed)
     }
 
     pub(super) fn limit(&self) -> u64 {
@@ -71,7 +79,10 @@ impl Ledger {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.high_water.fetch_max(cur + size, Ordering::Relaxed);
+                    return Ok(());
+                }
                 Err(v) => cur = v,
             }
         }

@@ -30,7 +30,7 @@ use crate::history::Entry;
 use crate::oom::OomError;
 use crate::policy::{
     BlockId, BlockState, Completed, FreeOutcome, PoolKind, ReleasedSegment, Request, SegmentInfo,
-    StreamPools, Tracking,
+    StreamPools, Tracking, UnmapPlan,
 };
 use crate::stats::{BlockStats, MemoryStats};
 use crossbeam_utils::CachePadded;
@@ -87,13 +87,21 @@ impl<B: Backend> CachingAllocator<B> {
     /// # Errors
     /// [`Error::Unsupported`] for `expandable_segments` on a backend without virtual-memory
     /// management.
-    pub fn new(backend: B, config: Config) -> Result<Self> {
+    pub fn new(backend: B, mut config: Config) -> Result<Self> {
         let n = backend.device_count();
         let mut granularity = vec![0u64; n];
         if config.expandable_segments {
             for (d, g) in granularity.iter_mut().enumerate() {
                 *g = match backend.vmm_granularity(d) {
                     Ok(g) if g > 0 => g,
+                    // The default, not asked for: fixed segments where there is no VMM.
+                    Ok(_) | Err(BackendError::Unsupported(_))
+                        if !config.expandable_segments_set =>
+                    {
+                        granularity.fill(0);
+                        config.expandable_segments = false;
+                        break;
+                    }
                     Ok(_) | Err(BackendError::Unsupported(_)) => {
                         return Err(Error::Unsupported(format!(
                             "expandable_segments needs virtual memory management, which \

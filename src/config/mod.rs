@@ -27,8 +27,13 @@ pub struct Config {
     pub garbage_collection_threshold: f64,
     /// `expandable_segments`: per stream and pool, one segment whose address range is
     /// reserved large and whose pages are mapped as needed (needs a backend with virtual
-    /// memory management).
+    /// memory management). On by default: it reserves less than fixed segments on every
+    /// trace measured (README, Results); `expandable_segments:False` gives PyTorch's own
+    /// fixed-segment policy.
     pub expandable_segments: bool,
+    /// Whether the configuration named `expandable_segments`. When it did not, a backend
+    /// without virtual memory management gets fixed segments instead of an error.
+    pub expandable_segments_set: bool,
 }
 
 impl Default for Config {
@@ -38,7 +43,19 @@ impl Default for Config {
             max_non_split_rounding: 20 << 20,
             roundup_power2_divisions: [0; ROUNDUP_POWER2_INTERVALS],
             garbage_collection_threshold: 0.0,
+            expandable_segments: true,
+            expandable_segments_set: false,
+        }
+    }
+}
+
+impl Config {
+    /// PyTorch's own policy: the defaults with fixed segments (`expandable_segments:False`).
+    pub fn fixed_segments() -> Config {
+        Config {
             expandable_segments: false,
+            expandable_segments_set: true,
+            ..Config::default()
         }
     }
 }
@@ -329,6 +346,7 @@ fn parse_with(
             }
             "expandable_segments" => {
                 cfg.expandable_segments = p.boolean()?;
+                cfg.expandable_segments_set = true;
             }
             "backend" => {
                 let (vpos, w) = p.word("native")?;
@@ -543,8 +561,15 @@ impl fmt::Display for Config {
                 self.garbage_collection_threshold
             ));
         }
-        if self.expandable_segments {
-            parts.push("expandable_segments:True".into());
+        if self.expandable_segments_set || !self.expandable_segments {
+            parts.push(
+                if self.expandable_segments {
+                    "expandable_segments:True"
+                } else {
+                    "expandable_segments:False"
+                }
+                .into(),
+            );
         }
         write!(f, "{}", parts.join(","))
     }

@@ -2,8 +2,10 @@
 //! segment), found through a two-level bitmap. Insert, remove and best-fit lookup are O(1)
 //! and allocate nothing once the link table has grown to the block count.
 //!
-//! Among blocks of the same size the most recently freed one is taken first (its memory is
-//! most likely still in cache on the device); across sizes the fit is exact best fit. Blocks
+//! Among blocks of the same size the one at the lowest address is taken first, as in
+//! PyTorch's (size, address)-ordered pool: a LIFO order was measured to reserve 2 MiB more
+//! than PyTorch on the BERT trace. Each list is kept in address order (an insert walks the
+//! blocks of its exact size); across sizes the fit is exact best fit. Blocks
 //! larger than a small segment (merged pages of an expandable segment) share the last list,
 //! which fits every small request.
 
@@ -17,8 +19,8 @@ pub(super) struct SmallBins {
     heads: Box<[u32; CLASSES]>,
     words: [u64; WORDS],
     summary: u128,
-    /// (prev, next, size) in its size list, per block id.
-    links: Vec<(u32, u32, u64)>,
+    /// (prev, next, size, address) in its size list, per block id.
+    links: Vec<(u32, u32, u64, u64)>,
     len: usize,
 }
 
@@ -44,27 +46,39 @@ impl SmallBins {
     }
 
     #[inline]
-    pub(super) fn insert(&mut self, id: u32, size: u64) {
+    pub(super) fn insert(&mut self, id: u32, size: u64, addr: u64) {
         let c = class(size);
         if self.links.len() <= id as usize {
-            self.links.resize(id as usize + 1, (NIL, NIL, 0));
+            self.links.resize(id as usize + 1, (NIL, NIL, 0, 0));
         }
         let head = self.heads[c];
-        self.links[id as usize] = (NIL, head, size);
-        if head != NIL {
-            self.links[head as usize].0 = id;
-        } else {
+        if head == NIL {
             self.words[c / 64] |= 1 << (c % 64);
             self.summary |= 1 << (c / 64);
         }
-        self.heads[c] = id;
+        // Keep each list in address order: the lowest address is taken first.
+        let mut prev = NIL;
+        let mut next = head;
+        while next != NIL && self.links[next as usize].3 < addr {
+            prev = next;
+            next = self.links[next as usize].1;
+        }
+        self.links[id as usize] = (prev, next, size, addr);
+        if prev == NIL {
+            self.heads[c] = id;
+        } else {
+            self.links[prev as usize].1 = id;
+        }
+        if next != NIL {
+            self.links[next as usize].0 = id;
+        }
         self.len += 1;
     }
 
     #[inline]
     pub(super) fn remove(&mut self, id: u32, size: u64) {
         let c = class(size);
-        let (prev, next, _) = self.links[id as usize];
+        let (prev, next, _, _) = self.links[id as usize];
         if prev != NIL {
             self.links[prev as usize].1 = next;
         } else {
@@ -79,7 +93,7 @@ impl SmallBins {
         if next != NIL {
             self.links[next as usize].0 = prev;
         }
-        self.links[id as usize] = (NIL, NIL, 0);
+        self.links[id as usize] = (NIL, NIL, 0, 0);
         self.len -= 1;
     }
 
@@ -101,7 +115,7 @@ impl SmallBins {
             let mut i = self.heads[c];
             let mut max = 0;
             while i != NIL {
-                let (_, next, size) = self.links[i as usize];
+                let (_, next, size, _) = self.links[i as usize];
                 max = max.max(size);
                 i = next;
             }
@@ -175,8 +189,8 @@ mod tests {
     #[test]
     fn blocks_beyond_a_small_segment_share_the_last_list() {
         let mut b = SmallBins::new();
-        b.insert(1, 6 << 20);
-        b.insert(2, 4 << 20);
+        b.insert(1, 6 << 20, 8 << 20);
+        b.insert(2, 4 << 20, 0);
         assert_eq!(b.first_at_least(1 << 20), Some(2));
         assert_eq!(b.largest(), Some(6 << 20));
         assert!(b.contains(1, 6 << 20));
@@ -185,15 +199,22 @@ mod tests {
     }
 
     #[test]
-    fn best_fit_across_words_and_lifo_within_size() {
+    fn best_fit_across_words_and_address_order_within_size() {
         let mut b = SmallBins::new();
         assert_eq!(b.first_at_least(512), None);
-        b.insert(1, 1024);
-        b.insert(2, 1 << 20);
-        b.insert(3, 1 << 20);
-        b.insert(4, 2 << 20);
+        b.insert(1, 1024, 0);
+        b.insert(3, 1 << 20, 3 << 20);
+        b.insert(2, 1 << 20, 2 << 20);
+        b.insert(4, 2 << 20, 8 << 20);
         assert_eq!(b.first_at_least(512), Some(1));
-        assert_eq!(b.first_at_least(1536), Some(3), "LIFO among equal sizes");
+        assert_eq!(
+            b.first_at_least(1536),
+            Some(2),
+            "lowest address among equal sizes"
+        );
+        b.remove(2, 1 << 20);
+        assert_eq!(b.first_at_least(1536), Some(3));
+        b.insert(2, 1 << 20, 2 << 20);
         assert_eq!(b.largest(), Some(2 << 20));
         b.remove(3, 1 << 20);
         assert_eq!(b.first_at_least(1536), Some(2));
@@ -213,10 +234,10 @@ mod tests {
     fn at_least_walks_sizes_upward_skipping_empty_lists() {
         let mut b = SmallBins::new();
         assert_eq!(b.at_least(512).next(), None);
-        b.insert(1, 1024);
-        b.insert(2, 300 * 512);
-        b.insert(3, 300 * 512);
-        b.insert(4, 8 << 20);
+        b.insert(1, 1024, 0);
+        b.insert(2, 300 * 512, 2 << 20);
+        b.insert(3, 300 * 512, 1 << 20);
+        b.insert(4, 8 << 20, 4 << 20);
         assert_eq!(b.at_least(512).collect::<Vec<_>>(), vec![1, 3, 2, 4]);
         assert_eq!(b.at_least(1536).collect::<Vec<_>>(), vec![3, 2, 4]);
         assert_eq!(b.at_least(4 << 20).collect::<Vec<_>>(), vec![4]);

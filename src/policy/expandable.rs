@@ -15,6 +15,9 @@ pub struct MapPlan {
     pub addr: u64,
     /// Length (whole pages).
     pub len: u64,
+    /// The free mapped blocks the new pages join (before, after; `NIL` if none): they serve
+    /// the request with them, so they are not unmapped to make room.
+    joins: [u32; 2],
 }
 
 /// A range of free pages to unmap (from [`StreamPools::plan_unmap`]).
@@ -199,21 +202,32 @@ impl StreamPools {
                 }
             };
             let (before, after) = (side(b.prev), side(b.next));
+            let joined = |i: u32, bytes: u64| if bytes > 0 { i } else { NIL };
+            let (jb, ja) = (joined(b.prev, before), joined(b.next, after));
             let r = req.rounded;
             let mut options = Vec::with_capacity(3);
             let front = pages(r.saturating_sub(before));
             if front <= b.size {
-                options.push(MapPlan { addr, len: front });
+                options.push(MapPlan {
+                    addr,
+                    len: front,
+                    joins: [jb, NIL],
+                });
             }
             let back = pages(r.saturating_sub(after));
             if back <= b.size {
                 options.push(MapPlan {
                     addr: addr + b.size - back,
                     len: back,
+                    joins: [NIL, ja],
                 });
             }
             if before + b.size + after >= r {
-                options.push(MapPlan { addr, len: b.size });
+                options.push(MapPlan {
+                    addr,
+                    len: b.size,
+                    joins: [jb, ja],
+                });
             }
             for o in options {
                 if best.is_none_or(|x| o.len < x.len) {
@@ -294,6 +308,49 @@ impl StreamPools {
                 }
                 i = b.next;
             }
+        }
+        out
+    }
+
+    /// Whole free pages, `need` bytes of them (all if they add up to less), to unmap before
+    /// the pages of `plan` are mapped, so that the device's reserved bytes grow only by what
+    /// free pages cannot offset (the front decides `need`). Unmapping more would only make
+    /// later requests map them again, a driver call each. The blocks the plan joins are
+    /// kept; the largest runs go first (fewest calls), the last one cut to what is needed,
+    /// from its top.
+    pub fn plan_unmap_for(&self, plan: &MapPlan, need: u64, granularity: u64) -> Vec<UnmapPlan> {
+        if need == 0 {
+            return Vec::new();
+        }
+        let mut runs = self.plan_unmap(granularity);
+        runs.retain(|u| !plan.joins.contains(&u.block));
+        Self::take_pages(runs, need)
+    }
+
+    /// Whole free pages, about `need` bytes of them (all if they add up to less), to unmap
+    /// when another stream of the device grows by `need`: the largest runs first, the last
+    /// one cut from its top.
+    pub fn plan_unmap_upto(&self, need: u64, granularity: u64) -> Vec<UnmapPlan> {
+        Self::take_pages(self.plan_unmap(granularity), need)
+    }
+
+    fn take_pages(mut runs: Vec<UnmapPlan>, mut need: u64) -> Vec<UnmapPlan> {
+        let total: u64 = runs.iter().map(|u| u.len).sum();
+        if total <= need {
+            return runs;
+        }
+        runs.sort_by_key(|u| std::cmp::Reverse((u.len, u.addr)));
+        let mut out = Vec::new();
+        for mut u in runs {
+            if need == 0 {
+                break;
+            }
+            if u.len > need {
+                u.addr += u.len - need;
+                u.len = need;
+            }
+            need -= u.len;
+            out.push(u);
         }
         out
     }

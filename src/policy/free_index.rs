@@ -97,7 +97,10 @@ impl StreamPools {
         let pool = self.segments[self.blocks[i as usize].seg as usize].pool;
         self.blocks[i as usize].gc_base = self.lookups[pool.idx()];
         match pool {
-            PoolKind::Small => self.small.insert(i, self.blocks[i as usize].size),
+            PoolKind::Small => {
+                let b = &self.blocks[i as usize];
+                self.small.insert(i, b.size, b.addr)
+            }
             PoolKind::Large => {
                 let key = self.free_key(i);
                 self.large.insert(key);

@@ -74,10 +74,12 @@ pub fn project_python(root: &std::path::Path) -> OsString {
 }
 
 /// `PYTORCH_CUDA_ALLOC_CONF` for a configuration: its keys, with `expandable_segments` always
-/// explicit (so PyTorch's own default never decides it).
+/// explicit. A configuration that does not name it gets PyTorch's default, fixed segments
+/// (cudalloc's own default is expandable segments: the same settings string, each
+/// allocator's defaults).
 pub fn pytorch_conf(config: &Config) -> String {
     let mut s = config.to_string();
-    if !config.expandable_segments {
+    if !s.contains("expandable_segments") {
         if !s.is_empty() {
             s.push(',');
         }

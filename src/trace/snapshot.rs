@@ -305,7 +305,10 @@ fn read_device(
         return Ok(None);
     }
     let start = i128::from(total) - net_segments;
-    let expandable = settings.as_ref().is_some_and(|c| c.expandable_segments) || maps_pages;
+    let expandable = settings
+        .as_ref()
+        .is_some_and(|c| c.expandable_segments && c.expandable_segments_set)
+        || maps_pages;
     let initial_segments = if expandable {
         Vec::new()
     } else {
