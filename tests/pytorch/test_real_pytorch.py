@@ -11,6 +11,7 @@ stand-in preloaded and sets:
 """
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -191,6 +192,30 @@ class ReferenceReplay(unittest.TestCase):
             for k in ("peak_reserved", "device_allocs", "ooms"):
                 self.assertEqual(ref[k], expect[k], f"{k} under '{conf}'")
             self.assertGreaterEqual(ref["peak_reserved"], r["peak_allocated"])
+
+    def test_cudalloc_never_reserves_more_than_pytorch_on_the_shipped_traces(self):
+        # Issue 14's first target on the traces the repository ships: under each setting,
+        # cudalloc's peak reserved memory is at most PyTorch's on the same events; and its
+        # defaults (expandable segments) reserve clearly less than PyTorch's (fixed).
+        traces = [os.path.join(ROOT, "traces", n) for n in
+                  ("cpu_bert_train.csv", "cpu_gpt2_train.csv", "cpu_resnet18_train.csv")]
+        confs = ["", "expandable_segments:False", "max_split_size_mb:128",
+                 "roundup_power2_divisions:4", "expandable_segments:True"]
+        args = [a for c in confs for a in ("--conf", c)]
+        results = self.reference(*args, *traces)
+        self.assertEqual(len(results), len(confs) * len(traces))
+        defaults = []
+        for r in results:
+            ref = r["reference"]["peak_reserved"]
+            self.assertLessEqual(r["peak_reserved"], ref, f"{r['trace']} under '{r['config']}'")
+            if r["config"] == "":
+                defaults.append(r["peak_reserved"] / ref)
+            if r["config"] == "expandable_segments:False":
+                self.assertEqual(r["peak_reserved"], ref, "PyTorch's policy, to the byte")
+                self.assertEqual(r["device_allocs"], r["reference"]["device_allocs"])
+        self.assertEqual(len(defaults), len(traces))
+        geomean = math.exp(sum(math.log(x) for x in defaults) / len(defaults))
+        self.assertLessEqual(geomean, 0.95, defaults)
 
     def test_reference_reproduces_the_recorded_peak_of_a_snapshot(self):
         shared = os.path.join(ROOT, "..", "shared", "traces", "JasperSolt__snapshot__6720e24.pickle")

@@ -1,5 +1,6 @@
 //! The `cudalloc` command-line tool.
 
+mod markdown;
 mod output;
 mod plot;
 
@@ -98,6 +99,15 @@ struct ReplayArgs {
     /// began (fixed segments only; expandable segments always start empty).
     #[arg(long)]
     cold_start: bool,
+    /// Replay each setting twice where that differs: from the snapshot's cache and from an
+    /// empty one (expandable segments, and traces with no cache at the start, once).
+    #[arg(long, conflicts_with = "cold_start")]
+    both_starts: bool,
+    /// Print every replay of the run as one Markdown table, then a summary per setting and
+    /// start (geometric means against PyTorch and the lower bound, the traces where cudalloc
+    /// reserves more, device allocation calls): the README's results table.
+    #[arg(long, conflicts_with = "json")]
+    markdown: bool,
     /// Also print cudalloc's memory summary at the moment of its peak reserved memory: what
     /// it held then and how much of it was cached but free.
     #[arg(long)]
@@ -179,6 +189,14 @@ fn replay(args: ReplayArgs) -> Result<bool, Box<dyn std::error::Error>> {
     }
     let mut k = 0;
     let mut any_oom = false;
+    let mut rows: Vec<markdown::Row> = Vec::new();
+    let starts: &[bool] = if args.both_starts {
+        &[false, true]
+    } else if args.cold_start {
+        &[true]
+    } else {
+        &[false]
+    };
     for path in &args.traces {
         let mut trace = read_trace(path, None)?;
         // A device with nothing to replay is no device of the trace's (a header-only CSV is
@@ -208,12 +226,23 @@ fn replay(args: ReplayArgs) -> Result<bool, Box<dyn std::error::Error>> {
         for dev in &trace.devices {
             let mut reports = Vec::new();
             let mut seen = Vec::new();
-            for cfg in &configs {
-                // --suggest: a setting equal to the trace's own is replayed once.
-                let resolved = match cfg {
-                    Some(c) => c.to_string(),
-                    None => dev.settings.clone().unwrap_or_default().to_string(),
+            for (cfg, &cold) in configs
+                .iter()
+                .flat_map(|c| starts.iter().map(move |s| (c, s)))
+            {
+                // A start from the snapshot's cache is one only with fixed segments and a
+                // cache to start from; otherwise it is the empty start.
+                let effective = match cfg {
+                    Some(c) => c.clone(),
+                    None => dev.settings.clone().unwrap_or_default(),
                 };
+                let warm =
+                    !cold && !effective.expandable_segments && !dev.initial_segments.is_empty();
+                // --suggest: a setting equal to the trace's own is replayed once (the
+                // defaults and an explicit expandable_segments:True are the same setting).
+                let mut same = effective.clone();
+                same.expandable_segments_set = true;
+                let resolved = (same.to_string(), warm);
                 if seen.contains(&resolved) {
                     continue;
                 }
@@ -224,7 +253,7 @@ fn replay(args: ReplayArgs) -> Result<bool, Box<dyn std::error::Error>> {
                     series_points: if args.plot.is_some() { 2000 } else { 0 },
                     record_history: args.dump_snapshot.is_some(),
                     ignore_empty_cache: args.no_empty_cache,
-                    cold_start: args.cold_start,
+                    cold_start: cold,
                     summary_at_peak: args.summary_at_peak,
                 };
                 let total = (dev.initial_live.len() + dev.events.len()) as u64;
@@ -275,6 +304,12 @@ fn replay(args: ReplayArgs) -> Result<bool, Box<dyn std::error::Error>> {
                 if args.json {
                     println!("{}", json_line(&r));
                 }
+                if args.markdown {
+                    rows.push(markdown::Row {
+                        report: r.clone(),
+                        start: if warm { "warm" } else { "cold" },
+                    });
+                }
                 reports.push(r);
             }
             let oom = if args.suggest {
@@ -283,13 +318,16 @@ fn replay(args: ReplayArgs) -> Result<bool, Box<dyn std::error::Error>> {
                 reports.iter().any(|r| r.ooms > 0)
             };
             any_oom |= oom;
-            if !args.json {
+            if !args.json && !args.markdown {
                 print_table(&reports);
                 if args.suggest {
                     print_ranking(&reports);
                 }
             }
         }
+    }
+    if args.markdown {
+        markdown::print(&rows);
     }
     Ok(any_oom)
 }
