@@ -176,11 +176,11 @@ fn plots_by_extension_and_paths_named_in_errors() {
         "--conf",
         "",
         "--conf",
-        "expandable_segments:True",
+        "expandable_segments:False",
         t.to_str().unwrap(),
     ]);
     assert!(o.status.success());
-    assert!(tmp("cmp-2-expandable_segments_True.svg").exists());
+    assert!(tmp("cmp-2-expandable_segments_False.svg").exists());
     let first = std::fs::read_to_string(&svg).unwrap();
     assert!(first.contains("[defaults]"), "the setting is in the title");
 }

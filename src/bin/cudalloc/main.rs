@@ -113,7 +113,7 @@ struct ReplayArgs {
     #[arg(long)]
     summary_at_peak: bool,
     /// Replay with the settings users reach for against out-of-memory errors (the trace's
-    /// own, expandable segments, max_split_size_mb 128/256/512, roundup_power2_divisions 4)
+    /// own, expandable segments on and off, max_split_size_mb 128/256/512, roundup_power2_divisions 4)
     /// and rank them by peak reserved memory.
     #[arg(long, conflicts_with = "confs")]
     suggest: bool,
@@ -136,8 +136,9 @@ enum Engine {
 }
 
 /// The settings `--suggest` compares (beside the trace's own).
-const SUGGESTED: [&str; 5] = [
+const SUGGESTED: [&str; 6] = [
     "expandable_segments:True",
+    "expandable_segments:False",
     "max_split_size_mb:128",
     "max_split_size_mb:256",
     "max_split_size_mb:512",
