@@ -241,8 +241,11 @@ fn replay(args: ReplayArgs) -> Result<bool, Box<dyn std::error::Error>> {
                     !cold && !effective.expandable_segments && !dev.initial_segments.is_empty();
                 // --suggest: a setting equal to the trace's own is replayed once (the
                 // defaults and an explicit expandable_segments:True are the same setting).
+                // With --reference they differ: PyTorch's defaults are fixed segments.
                 let mut same = effective.clone();
-                same.expandable_segments_set = true;
+                if args.reference.is_none() && same.expandable_segments {
+                    same.expandable_segments_set = true;
+                }
                 let resolved = (same.to_string(), warm);
                 if seen.contains(&resolved) {
                     continue;
