@@ -42,20 +42,16 @@ pub fn print(rows: &[Row]) {
         let (py, ratio, allocs, ooms) = match &r.reference {
             Some(p) => (
                 mib(p.peak_reserved),
-                format!(
-                    "{}{:.3}{}",
-                    if r.peak_reserved > p.peak_reserved {
+                {
+                    // Bold where cudalloc reserves more.
+                    let mark = if r.peak_reserved > p.peak_reserved {
                         "**"
                     } else {
                         ""
-                    },
-                    r.peak_reserved as f64 / p.peak_reserved.max(1) as f64,
-                    if r.peak_reserved > p.peak_reserved {
-                        "**"
-                    } else {
-                        ""
-                    }
-                ),
+                    };
+                    let x = r.peak_reserved as f64 / p.peak_reserved.max(1) as f64;
+                    format!("{mark}{x:.3}{mark}")
+                },
                 format!("{} / {}", p.device_allocs, r.device_allocs),
                 format!("{} / {}", p.ooms, r.ooms),
             ),
