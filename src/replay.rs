@@ -471,6 +471,12 @@ fn warm_start(opts: &ReplayOptions, config: &Config) -> bool {
     !opts.cold_start && !config.expandable_segments
 }
 
+/// Whether a replay of `dev` under `opts` really starts warm: fixed segments, not told to
+/// start cold, and a cache at the trace's start to rebuild (otherwise it is the empty start).
+pub fn starts_warm(dev: &DeviceTrace, opts: &ReplayOptions) -> bool {
+    warm_start(opts, &opts.config_for(dev)) && !dev.initial_segments.is_empty()
+}
+
 /// The block that rebuilds one of PyTorch's starting segments: a block of a segment's size
 /// gets a segment of that size (a small-pool segment for 2 MiB and under); freed, it is cached
 /// as PyTorch's was.

@@ -1,6 +1,7 @@
 //! Free lists of the small pool: one list per exact block size (512 B steps up to the 2 MiB
-//! segment), found through a two-level bitmap. Insert, remove and best-fit lookup are O(1)
-//! and allocate nothing once the link table has grown to the block count.
+//! segment), found through a two-level bitmap. Remove and best-fit lookup are O(1); insert
+//! walks the free blocks of its exact size (to keep address order, below). None allocates
+//! once the link table has grown to the block count.
 //!
 //! Among blocks of the same size the one at the lowest address is taken first, as in
 //! PyTorch's (size, address)-ordered pool: a LIFO order was measured to reserve 2 MiB more

@@ -79,7 +79,8 @@ pub fn project_python(root: &std::path::Path) -> OsString {
 /// allocator's defaults).
 pub fn pytorch_conf(config: &Config) -> String {
     let mut s = config.to_string();
-    if !s.contains("expandable_segments") {
+    // The defaults leave the key out of `to_string`: PyTorch's default must not decide.
+    if config.expandable_segments && !config.expandable_segments_set {
         if !s.is_empty() {
             s.push(',');
         }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cudalloc::reference::{default_python, replay_pytorch};
-use cudalloc::replay::{ReplayOptions, replay_device, script};
+use cudalloc::replay::{ReplayOptions, replay_device, script, starts_warm};
 use cudalloc::trace::read_trace;
 use cudalloc::units::parse_size;
 use cudalloc::{CachingAllocator, Config, SimBackend};
@@ -231,26 +231,6 @@ fn replay(args: ReplayArgs) -> Result<bool, Box<dyn std::error::Error>> {
                 .iter()
                 .flat_map(|c| starts.iter().map(move |s| (c, s)))
             {
-                // A start from the snapshot's cache is one only with fixed segments and a
-                // cache to start from; otherwise it is the empty start.
-                let effective = match cfg {
-                    Some(c) => c.clone(),
-                    None => dev.settings.clone().unwrap_or_default(),
-                };
-                let warm =
-                    !cold && !effective.expandable_segments && !dev.initial_segments.is_empty();
-                // --suggest: a setting equal to the trace's own is replayed once (the
-                // defaults and an explicit expandable_segments:True are the same setting).
-                // With --reference they differ: PyTorch's defaults are fixed segments.
-                let mut same = effective.clone();
-                if args.reference.is_none() && same.expandable_segments {
-                    same.expandable_segments_set = true;
-                }
-                let resolved = (same.to_string(), warm);
-                if seen.contains(&resolved) {
-                    continue;
-                }
-                seen.push(resolved);
                 let opts = ReplayOptions {
                     config: cfg.clone(),
                     capacity: args.capacity,
@@ -260,6 +240,19 @@ fn replay(args: ReplayArgs) -> Result<bool, Box<dyn std::error::Error>> {
                     cold_start: cold,
                     summary_at_peak: args.summary_at_peak,
                 };
+                let warm = starts_warm(dev, &opts);
+                // --suggest: a setting equal to the trace's own is replayed once (the
+                // defaults and an explicit expandable_segments:True are the same setting).
+                // With --reference they differ: PyTorch's defaults are fixed segments.
+                let mut same = opts.config_for(dev);
+                if args.reference.is_none() && same.expandable_segments {
+                    same.expandable_segments_set = true;
+                }
+                let resolved = (same.to_string(), warm);
+                if seen.contains(&resolved) {
+                    continue;
+                }
+                seen.push(resolved);
                 let total = (dev.initial_live.len() + dev.events.len()) as u64;
                 let bar = ProgressBar::new(total);
                 bar.set_style(
