@@ -113,7 +113,7 @@ struct ReplayArgs {
     #[arg(long)]
     summary_at_peak: bool,
     /// Replay with the settings users reach for against out-of-memory errors (the trace's
-    /// own, expandable segments on and off, max_split_size_mb 128/256/512, roundup_power2_divisions 4)
+    /// own, expandable segments, max_split_size_mb 128/256/512, roundup_power2_divisions 4)
     /// and rank them by peak reserved memory.
     #[arg(long, conflicts_with = "confs")]
     suggest: bool,
@@ -136,9 +136,8 @@ enum Engine {
 }
 
 /// The settings `--suggest` compares (beside the trace's own).
-const SUGGESTED: [&str; 6] = [
+const SUGGESTED: [&str; 5] = [
     "expandable_segments:True",
-    "expandable_segments:False",
     "max_split_size_mb:128",
     "max_split_size_mb:256",
     "max_split_size_mb:512",
@@ -241,14 +240,10 @@ fn replay(args: ReplayArgs) -> Result<bool, Box<dyn std::error::Error>> {
                     summary_at_peak: args.summary_at_peak,
                 };
                 let warm = starts_warm(dev, &opts);
-                // --suggest: a setting equal to the trace's own is replayed once (the
-                // defaults and an explicit expandable_segments:True are the same setting).
-                // With --reference they differ: PyTorch's defaults are fixed segments.
-                let mut same = opts.config_for(dev);
-                if args.reference.is_none() && same.expandable_segments {
-                    same.expandable_segments_set = true;
-                }
-                let resolved = (same.to_string(), warm);
+                // --suggest: a setting equal to the trace's own is replayed once. The
+                // defaults and expandable_segments:True are two settings: cudalloc's
+                // defaults are expandable segments, PyTorch's are not.
+                let resolved = (opts.config_for(dev).to_string(), warm);
                 if seen.contains(&resolved) {
                     continue;
                 }

@@ -175,6 +175,18 @@ pub fn conf_label(r: &ReplayReport) -> &str {
     }
 }
 
+/// `config` with `expandable_segments` named, as PyTorch must be told it: cudalloc's
+/// defaults are expandable segments, PyTorch's are fixed ones.
+fn explicit_segments(config: &str) -> String {
+    match cudalloc::Config::parse(config) {
+        Ok(mut c) => {
+            c.expandable_segments_set = true;
+            c.to_string()
+        }
+        Err(_) => config.to_string(),
+    }
+}
+
 /// `--suggest`: the settings ranked by OOMs (fewest first), then by peak reserved memory;
 /// the trace's own setting marked; the winner as lines to paste.
 pub fn print_ranking(reports: &[ReplayReport]) {
@@ -238,7 +250,7 @@ pub fn print_ranking(reports: &[ReplayReport]) {
             None => println!(
                 "    with PyTorch's allocator: PYTORCH_CUDA_ALLOC_CONF={}  (cudalloc's ranking; \
                  --reference pytorch ranks PyTorch's own)",
-                best.config
+                explicit_segments(&best.config)
             ),
         }
     }
