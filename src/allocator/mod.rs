@@ -93,7 +93,7 @@ impl<B: Backend> CachingAllocator<B> {
         if config.expandable_segments {
             for (d, g) in granularity.iter_mut().enumerate() {
                 *g = match backend.vmm_granularity(d) {
-                    Ok(g) if g > 0 => g,
+                    Ok(g) if g.is_power_of_two() => g,
                     // The default, not asked for: fixed segments where there is no VMM.
                     Ok(_) | Err(BackendError::Unsupported(_))
                         if !config.expandable_segments_set =>
@@ -104,8 +104,9 @@ impl<B: Backend> CachingAllocator<B> {
                     }
                     Ok(_) | Err(BackendError::Unsupported(_)) => {
                         return Err(Error::Unsupported(format!(
-                            "expandable_segments needs virtual memory management, which \
-                             device {d}'s backend does not provide"
+                            "expandable_segments needs virtual memory management (with a \
+                             power-of-two page size), which device {d}'s backend does not \
+                             provide"
                         )));
                     }
                     Err(e) => return Err(e.into()),

@@ -38,10 +38,10 @@ impl StreamPools {
     /// or ends inside a page shares that page with the allocated block next to it (unmapped
     /// ranges are whole pages), so a placement reaching into it costs no page.
     pub(super) fn new_pages(&self, s: u64, e: u64, a: u64, r: u64) -> u64 {
-        let g = self.granularity;
-        let (first, last) = (a / g, (a + r - 1) / g);
-        let shared_first = !s.is_multiple_of(g) && first == s / g;
-        let shared_last = !e.is_multiple_of(g) && last == (e - 1) / g;
+        let (sh, mask) = (self.page_shift, self.granularity - 1);
+        let (first, last) = (a >> sh, (a + r - 1) >> sh);
+        let shared_first = s & mask != 0 && first == s >> sh;
+        let shared_last = e & mask != 0 && last == (e - 1) >> sh;
         let mut n = last - first + 1;
         if shared_first {
             n -= 1;
@@ -79,9 +79,9 @@ impl StreamPools {
     /// unless aligned: such a block then keeps a page mapped for its neighbours' sake after
     /// they are freed); 0 for other sizes, whose blocks pack best end to end.
     pub(super) fn aligned_span(&self, a: u64, r: u64) -> u64 {
-        let g = self.granularity;
-        if r.is_multiple_of(g) {
-            (a + r - 1) / g - a / g + 1
+        let sh = self.page_shift;
+        if r & (self.granularity - 1) == 0 {
+            ((a + r - 1) >> sh) - (a >> sh) + 1
         } else {
             0
         }
@@ -90,9 +90,9 @@ impl StreamPools {
     /// Where `r` bytes may go inside the free block `[s, e)`: its start, its end, and its
     /// first and last page boundaries.
     pub(super) fn placements(&self, s: u64, e: u64, r: u64) -> [Option<u64>; 4] {
-        let g = self.granularity;
-        let up = s.div_ceil(g) * g;
-        let down = e / g * g;
+        let mask = self.granularity - 1;
+        let up = (s + mask) & !mask;
+        let down = e & !mask;
         [
             Some(s),
             Some(e - r),
@@ -176,7 +176,12 @@ impl StreamPools {
         pool: PoolKind,
         granularity: u64,
     ) {
+        assert!(
+            granularity.is_power_of_two(),
+            "the page size of expandable segments is a power of two"
+        );
         self.granularity = granularity;
+        self.page_shift = granularity.trailing_zeros();
         let i = self.new_segment(addr, size, pool, true);
         self.unmapped[pool.idx()].insert((addr, i));
         self.expandable[pool.idx()] = Some(self.blocks[i as usize].seg);

@@ -75,8 +75,11 @@ pub struct StreamPools {
     unmapped: [BTreeSet<(u64, u32)>; 2],
     /// Bytes mapped in expandable segments.
     mapped_bytes: u64,
-    /// Page size of the expandable segments (0 until one is added).
+    /// Page size of the expandable segments (0 until one is added); a power of two, so
+    /// page arithmetic on the placement path is shifts and masks, not divisions.
     granularity: u64,
+    /// `granularity.trailing_zeros()`.
+    page_shift: u32,
     /// Events recorded on other streams for freed blocks, oldest first.
     pending: VecDeque<(EventId, u32)>,
     /// Per pool, how many lookups have been made (GC age clock).
@@ -100,6 +103,7 @@ impl StreamPools {
             unmapped: [BTreeSet::new(), BTreeSet::new()],
             mapped_bytes: 0,
             granularity: 0,
+            page_shift: 0,
             pending: VecDeque::new(),
             lookups: [0; 2],
             live_segments: 0,
