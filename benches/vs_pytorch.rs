@@ -12,6 +12,11 @@
 //! then 1 and 2 threads, each on its own stream, for each. Rounds interleave the allocators;
 //! each figure is the median over the rounds, and the ratios are printed.
 //!
+//! Last, the LD_PRELOAD shim's pair cost (`preload`): `cuMemAlloc_v2`/`cuMemFree_v2` pairs
+//! through its hooks against the same calls straight into the stand-in driver, in one C
+//! process (`benches/vs_pytorch/shim_pairs.c`) with the shim preloaded. The stand-in's own
+//! calls only book address space, so they are a floor, not a real driver's cost.
+//!
 //! The torch wheel is found like the real-PyTorch tests find it (`CUDALLOC_PYTHON`, else
 //! `.venv/bin/python`, else `python3`); without it the benchmark prints one line and stops.
 //! The process re-runs itself with the stand-in CUDA preloaded, which PyTorch's libraries
@@ -51,8 +56,8 @@ fn main() -> ExitCode {
         return child();
     }
     match prepare() {
-        Ok(mut cmd) => match cmd.status() {
-            Ok(s) if s.success() => ExitCode::SUCCESS,
+        Ok((mut cmd, shim)) => match cmd.status() {
+            Ok(s) if s.success() => shim_pairs(&shim),
             Ok(s) => {
                 eprintln!("vs_pytorch: the benchmark process failed ({s})");
                 ExitCode::FAILURE
@@ -69,9 +74,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// Find torch, build the harness and the C library, and return the command that reruns this
-/// benchmark with everything in place.
-fn prepare() -> Result<Command, String> {
+/// What the preload measurement needs: its C harness, the shim, the stand-in.
+struct ShimBench {
+    exe: PathBuf,
+    shim: PathBuf,
+    standin: Standin,
+}
+
+/// Find torch, build the harnesses, the C library and the shim, and return the command that
+/// reruns this benchmark with everything in place.
+fn prepare() -> Result<(Command, ShimBench), String> {
     let python = PathBuf::from(cudalloc::reference::project_python(root()));
     let out = Command::new(&python)
         .args([
@@ -118,23 +130,53 @@ fn prepare() -> Result<Command, String> {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let ok = Command::new(cargo)
-        .args(["build", "--release", "-q", "-p", "cudalloc-capi"])
+        .args([
+            "build",
+            "--release",
+            "-q",
+            "-p",
+            "cudalloc-capi",
+            "-p",
+            "cudalloc-preload",
+        ])
         .current_dir(root())
         .status()
         .map_err(|e| e.to_string())?;
     if !ok.success() {
-        return Err("building libcudalloc.so failed".into());
+        return Err("building libcudalloc.so or the preload shim failed".into());
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
     let capi = target.join("release/libcudalloc.so");
     let standin = Standin::in_temp_dir().map_err(|e| e.to_string())?;
+    let shim_exe = dir.join("shim_pairs");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let built = Command::new(&cc)
+        .args(["-O2", "-Wall", "-o"])
+        .arg(&shim_exe)
+        .arg(root().join("benches/vs_pytorch/shim_pairs.c"))
+        .arg("-L")
+        .arg(standin.dir())
+        .args(["-lcuda", "-ldl"])
+        .output()
+        .map_err(|e| format!("cannot run the C compiler {cc}: {e}"))?;
+    if !built.status.success() {
+        return Err(format!(
+            "compiling the shim harness failed: {}",
+            String::from_utf8_lossy(&built.stderr)
+        ));
+    }
+    let shim = ShimBench {
+        exe: shim_exe,
+        shim: target.join("release/libcudalloc_preload.so"),
+        standin,
+    };
 
     let mut cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
     cmd.args(std::env::args().skip(1))
         .env(CHILD, "1")
-        .env("LD_PRELOAD", standin.preload())
+        .env("LD_PRELOAD", shim.standin.preload())
         .env("CUDALLOC_STANDIN_CAPACITY", "64GiB")
         .env("VS_PYTORCH_HARNESS", &harness)
         .env("VS_PYTORCH_CAPI", &capi)
@@ -143,7 +185,63 @@ fn prepare() -> Result<Command, String> {
         .env("CUDALLOC_SIM_CAPACITY", "64GiB")
         .env_remove("CUDALLOC_CONF")
         .env_remove("PYTORCH_CUDA_ALLOC_CONF");
-    Ok(cmd)
+    Ok((cmd, shim))
+}
+
+/// The preload shim's pair cost against the stand-in driver's own, on both mixes.
+fn shim_pairs(b: &ShimBench) -> ExitCode {
+    println!(
+        "vs_pytorch/preload: cuMemAlloc_v2/cuMemFree_v2 pairs through the LD_PRELOAD shim \
+         against the stand-in driver's own calls (which only book address space), medians of \
+         {ROUNDS} interleaved rounds"
+    );
+    for (group, small) in [("hotpath", true), ("large", false)] {
+        let (sizes, _) = sizes::mix(small);
+        let list = b.exe.with_extension(format!("{group}.txt"));
+        let text: String = sizes.iter().map(|s| format!("{s}\n")).collect();
+        if let Err(e) = std::fs::write(&list, text) {
+            eprintln!("vs_pytorch: cannot write {}: {e}", list.display());
+            return ExitCode::FAILURE;
+        }
+        let out = Command::new(&b.exe)
+            .arg(&list)
+            .arg(ROUNDS.to_string())
+            .env("LD_LIBRARY_PATH", b.standin.dir())
+            .env("LD_PRELOAD", &b.shim)
+            .env("CUDALLOC_STANDIN_CAPACITY", "64GiB")
+            .env_remove("CUDALLOC_CONF")
+            .output();
+        let out = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+            Ok(o) => {
+                eprintln!(
+                    "vs_pytorch: the shim harness failed ({}): {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("vs_pytorch: cannot run the shim harness: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let figure = |key: &str| -> Option<f64> {
+            out.lines()
+                .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+        };
+        let (Some(raw), Some(shim)) = (figure("raw "), figure("shim ")) else {
+            eprintln!("vs_pytorch: the shim harness printed no figures: {out}");
+            return ExitCode::FAILURE;
+        };
+        println!(
+            "  {group:<8} stand-in driver {raw:>8.1} ns/pair  shim {shim:>8.1} ns/pair  \
+             ({:.2}x the stand-in's speed, {} pairs per pass)",
+            raw / shim,
+            sizes.len()
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 /// A library opened with `dlopen`, and its functions.

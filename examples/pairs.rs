@@ -35,7 +35,7 @@ fn main() {
         for &s in &sizes {
             if raw {
                 let p = alloc.allocate_raw(0, s, 0).expect("cached malloc");
-                alloc.free_raw(0, black_box(p)).expect("free");
+                alloc.free_raw_on(0, black_box(p), Some(0)).expect("free");
             } else {
                 let a = alloc.malloc(s, 0).expect("cached malloc");
                 black_box(a.ptr());

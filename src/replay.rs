@@ -262,8 +262,8 @@ fn replay_until(
             }
         }
         warm_segments = warm.len();
-        for p in warm {
-            alloc.free_raw(0, p)?;
+        for (p, s) in warm.into_iter().zip(&dev.initial_segments) {
+            alloc.free_raw_on(0, p, Some(s.stream))?;
         }
     }
     let warm_device_allocs = alloc.memory_stats(0)?.num_device_alloc;
@@ -365,7 +365,9 @@ fn replay_until(
                     trace_live = trace_live.saturating_sub(s);
                 }
                 if let Some((p, size)) = map.remove(&e.addr) {
-                    alloc.free_raw(0, p)?;
+                    // The trace's stream is a hint: a block freed on another stream than
+                    // its own is found by a search.
+                    alloc.free_raw_on(0, p, Some(e.stream))?;
                     // `size` entered `live` when the block did.
                     live -= size;
                 }

@@ -53,8 +53,9 @@ typedef enum cudalloc_status {
  * error (cudalloc_last_error() is NULL then). */
 void *cudalloc_malloc(ssize_t size, int device, cudaStream_t stream);
 
-/* Free a pointer from cudalloc_malloc (size and stream are informational: the block returns
- * to the stream it was allocated on). NULL does nothing. */
+/* Free a pointer from cudalloc_malloc. The block returns to the stream it was allocated on;
+ * stream is where the pointer is looked for first (PyTorch passes the allocation's stream;
+ * another stream only costs a search). size is not used. NULL does nothing. */
 void cudalloc_free(void *ptr, ssize_t size, int device, cudaStream_t stream);
 
 /* ---- CuPy's CFunctionAllocator pair (param is unused; the default stream is used) ---- */

@@ -8,12 +8,23 @@ impl<B: Backend> CachingAllocator<B> {
         let dev = &self.devices[device];
         let stream_slot = dev.slot_at(slot);
         let mut g = stream_slot.pools.lock();
+        self.free_locked(dev, stream_slot.stream, &mut g, block)
+    }
+
+    /// Free `block` of the stream whose pools `g` are (locked by the caller).
+    pub(super) fn free_locked(
+        &self,
+        dev: &Device,
+        stream: StreamId,
+        g: &mut StreamPools,
+        block: BlockId,
+    ) -> Result<()> {
         let (addr, size) = (g.block_addr(block), g.block_requested(block));
-        dev.ledger.free_requested(addr, size, stream_slot.stream);
+        dev.ledger.free_requested(addr, size, stream);
         let n = g.stream_uses(block).len();
         if n == 0 {
             g.free(block, &self.config, Tracking::NONE);
-            dev.ledger.block_freed(addr, size, stream_slot.stream);
+            dev.ledger.block_freed(addr, size, stream);
             return Ok(());
         }
         let mut events = Vec::with_capacity(n);
@@ -35,7 +46,7 @@ impl<B: Backend> CachingAllocator<B> {
             untracked,
         };
         if g.free(block, &self.config, tracking) == FreeOutcome::Cached {
-            dev.ledger.block_freed(addr, size, stream_slot.stream);
+            dev.ledger.block_freed(addr, size, stream);
         }
         match failed {
             Some(e) if untracked => Err(Error::Backend(e)),

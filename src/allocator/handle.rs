@@ -105,7 +105,7 @@ impl<B: Backend> CachingAllocator<B> {
     ) -> Result<Allocation<'_, B>> {
         let dev = self.dev(device)?;
         let (slot, stream_slot) = dev.slot(stream)?;
-        let (block, ptr) = self.alloc_block(dev, stream_slot, size)?;
+        let (block, ptr) = self.alloc_block(dev, stream_slot, size, malloc::Raw::No)?;
         Ok(Allocation {
             alloc: self,
             device: device as u32,

@@ -3,6 +3,26 @@
 
 use super::*;
 
+/// Whether an allocation is raw (the C layer's, freed by address): its address then goes
+/// into the stream's pointer map under the same lock that handed the block out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Raw {
+    No,
+    Yes,
+}
+
+impl Pools {
+    /// Block `b` was just handed out: its address, booked in the pointer map if `raw`.
+    #[inline]
+    fn handed_out(&mut self, b: BlockId, raw: Raw) -> (BlockId, u64) {
+        let ptr = self.block_addr(b);
+        if raw == Raw::Yes {
+            self.raw.insert(ptr, b);
+        }
+        (b, ptr)
+    }
+}
+
 impl<B: Backend> CachingAllocator<B> {
     #[inline]
     pub(super) fn alloc_block(
@@ -10,8 +30,9 @@ impl<B: Backend> CachingAllocator<B> {
         dev: &Device,
         stream_slot: &StreamSlot,
         size: u64,
+        raw: Raw,
     ) -> Result<(BlockId, u64)> {
-        let r = self.alloc_block_inner(dev, stream_slot, size);
+        let r = self.alloc_block_inner(dev, stream_slot, size, raw);
         match &r {
             Ok((_, ptr)) => dev.ledger.block_allocated(*ptr, size, stream_slot.stream),
             Err(Error::OutOfMemory(e)) => {
@@ -29,6 +50,7 @@ impl<B: Backend> CachingAllocator<B> {
         dev: &Device,
         stream_slot: &StreamSlot,
         size: u64,
+        raw: Raw,
     ) -> Result<(BlockId, u64)> {
         if size == 0 || size > MAX_REQUEST {
             return Err(Error::InvalidArgument(format!(
@@ -45,10 +67,10 @@ impl<B: Backend> CachingAllocator<B> {
                 self.process_events(dev, &mut g)?;
             }
             if let Some(b) = g.try_alloc(&req, &self.config) {
-                return Ok((b, g.block_addr(b)));
+                return Ok(g.handed_out(b, raw));
             }
         }
-        self.alloc_slow(dev, stream_slot, &req)
+        self.alloc_slow(dev, stream_slot, &req, raw)
     }
 
     #[cold]
@@ -57,6 +79,7 @@ impl<B: Backend> CachingAllocator<B> {
         dev: &Device,
         stream_slot: &StreamSlot,
         req: &Request,
+        raw: Raw,
     ) -> Result<(BlockId, u64)> {
         if self.config.garbage_collection_threshold > 0.0 && dev.fraction.lock().is_some() {
             self.garbage_collect(dev)?;
@@ -64,16 +87,16 @@ impl<B: Backend> CachingAllocator<B> {
         // The out-of-memory ladder, PyTorch's: try; release every fully free cached segment
         // and try again; wait for all outstanding events, release again, try a last time;
         // only then report out of memory.
-        if let Some(found) = self.cached_or_grown(dev, stream_slot, req)? {
+        if let Some(found) = self.cached_or_grown(dev, stream_slot, req, raw)? {
             return Ok(found);
         }
         dev.num_alloc_retries.fetch_add(1, Ordering::Relaxed);
         self.release_cached(dev, false)?;
-        if let Some(found) = self.cached_or_grown(dev, stream_slot, req)? {
+        if let Some(found) = self.cached_or_grown(dev, stream_slot, req, raw)? {
             return Ok(found);
         }
         self.release_cached(dev, true)?;
-        if let Some(found) = self.cached_or_grown(dev, stream_slot, req)? {
+        if let Some(found) = self.cached_or_grown(dev, stream_slot, req, raw)? {
             return Ok(found);
         }
         Err(Error::OutOfMemory(Box::new(self.oom_report(dev, req))))
@@ -92,13 +115,14 @@ impl<B: Backend> CachingAllocator<B> {
         dev: &Device,
         stream_slot: &StreamSlot,
         req: &Request,
+        raw: Raw,
     ) -> Result<Option<(BlockId, u64)>> {
         let mut g = stream_slot.pools.lock();
         if g.has_pending() {
             self.process_events(dev, &mut g)?;
         }
         if let Some(b) = g.try_alloc(req, &self.config) {
-            return Ok(Some((b, g.block_addr(b))));
+            return Ok(Some(g.handed_out(b, raw)));
         }
         let grown = if dev.granularity > 0 {
             self.grow_expandable(dev, &mut g, req)
@@ -110,7 +134,7 @@ impl<B: Backend> CachingAllocator<B> {
                 })
         };
         match grown {
-            Ok(found) => Ok(Some(found)),
+            Ok((b, _)) => Ok(Some(g.handed_out(b, raw))),
             Err(BackendError::OutOfMemory) => Ok(None),
             Err(e) => Err(e.into()),
         }

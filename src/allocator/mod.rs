@@ -21,7 +21,7 @@ mod table;
 pub use handle::Allocation;
 use ledger::Ledger;
 pub use report::CacheFigures;
-use table::{Device, RawEntry, StreamSlot, pointer_shard};
+use table::{Device, Pools, StreamSlot};
 
 use crate::backend::{Backend, StreamId};
 use crate::config::Config;

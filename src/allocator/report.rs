@@ -180,12 +180,10 @@ impl<B: Backend> CachingAllocator<B> {
                     dev.index, st.segment[0], st.reserved_bytes[0], seg_count, total
                 ));
             }
-            for pointer_shard in dev.pointers.iter() {
-                for (&ptr, e) in pointer_shard.lock().iter() {
-                    let g = dev.slot_at(e.slot).pools.lock();
-                    if g.block_state(e.block) != Some(BlockState::Allocated)
-                        || g.block_addr(e.block) != ptr
-                    {
+            for stream_slot in dev.slots() {
+                let g = stream_slot.pools.lock();
+                for (&ptr, &b) in g.raw.iter() {
+                    if g.block_state(b) != Some(BlockState::Allocated) || g.block_addr(b) != ptr {
                         return Err(format!("raw pointer {ptr:#x} maps to a dead block"));
                     }
                 }

@@ -1,35 +1,55 @@
 //! The device and stream table: each device's stream slots (an open-addressed table written
-//! once per stream, so a lookup is plain loads), its pointer map for raw allocations (sharded
-//! by address), and its ledger. No allocation decisions here.
+//! once per stream, so a lookup is plain loads), each stream's pools with its pointer map for
+//! raw allocations (under the same lock), and the device's ledger. No allocation decisions
+//! here.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU32, AtomicUsize};
 
 use super::*;
 
-pub(super) const POINTER_SHARDS: usize = 64;
-
 pub(super) struct StreamSlot {
     pub(super) stream: StreamId,
-    pub(super) pools: Mutex<StreamPools>,
+    pub(super) pools: Mutex<Pools>,
 }
 
-#[derive(Clone, Copy)]
-pub(super) struct RawEntry {
-    pub(super) slot: u32,
-    pub(super) block: BlockId,
+/// What one stream's lock guards: the policy's pools and the raw (C-layer) allocations
+/// made on the stream, address → block. Keeping the pointer map under the pools' lock makes
+/// a raw malloc or free one lock, not two (a device-wide sharded map cost a second lock per
+/// call: about 35 ns a pair on the development machine).
+pub(super) struct Pools {
+    pub(super) policy: StreamPools,
+    pub(super) raw: FxHashMap<u64, BlockId>,
 }
 
-/// Raw (C-layer) allocations of a device whose address hashes here: address → block.
-pub(super) type PointerShard = CachePadded<Mutex<FxHashMap<u64, RawEntry>>>;
+impl Deref for Pools {
+    type Target = StreamPools;
+    #[inline]
+    fn deref(&self) -> &StreamPools {
+        &self.policy
+    }
+}
+
+impl DerefMut for Pools {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut StreamPools {
+        &mut self.policy
+    }
+}
 
 pub(super) struct Device {
     pub(super) index: usize,
     pub(super) slots: Box<[OnceLock<CachePadded<StreamSlot>>]>,
+    /// Indices of the initialized slots, in creation order (the first `live` entries), so
+    /// a walk over the streams does not look at every empty slot.
+    order: Box<[AtomicU32]>,
+    live: AtomicUsize,
     pub(super) insert_lock: Mutex<()>,
     /// Reserved bytes, driver calls, segment statistics and history, booked together.
     pub(super) ledger: Ledger,
     pub(super) fraction: Mutex<Option<f64>>,
     pub(super) num_alloc_retries: AtomicU64,
     pub(super) num_sync_all_streams: AtomicU64,
-    pub(super) pointers: Box<[PointerShard]>,
     /// Page size of expandable segments (0: they are off).
     pub(super) granularity: u64,
 }
@@ -37,11 +57,6 @@ pub(super) struct Device {
 #[inline]
 pub(super) fn stream_hash(stream: StreamId) -> usize {
     (stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize
-}
-
-#[inline]
-pub(super) fn pointer_shard(ptr: u64) -> usize {
-    ((ptr >> 9).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % POINTER_SHARDS
 }
 
 impl Device {
@@ -52,14 +67,15 @@ impl Device {
             slots: (0..MAX_STREAMS_PER_DEVICE)
                 .map(|_| OnceLock::new())
                 .collect(),
+            order: (0..MAX_STREAMS_PER_DEVICE)
+                .map(|_| AtomicU32::new(0))
+                .collect(),
+            live: AtomicUsize::new(0),
             insert_lock: Mutex::new(()),
             ledger: Ledger::new(oversize),
             fraction: Mutex::new(None),
             num_alloc_retries: AtomicU64::new(0),
             num_sync_all_streams: AtomicU64::new(0),
-            pointers: (0..POINTER_SHARDS)
-                .map(|_| CachePadded::new(Mutex::new(FxHashMap::default())))
-                .collect(),
             granularity,
         }
     }
@@ -79,6 +95,21 @@ impl Device {
         self.insert_slot(stream)
     }
 
+    /// The pools of `stream` if it has any (creates nothing).
+    #[inline]
+    pub(super) fn find_slot(&self, stream: StreamId) -> Option<(u32, &StreamSlot)> {
+        let h = stream_hash(stream);
+        for k in 0..MAX_STREAMS_PER_DEVICE {
+            let i = (h + k) % MAX_STREAMS_PER_DEVICE;
+            match self.slots[i].get() {
+                Some(s) if s.stream == stream => return Some((i as u32, s)),
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+        None
+    }
+
     #[cold]
     pub(super) fn insert_slot(&self, stream: StreamId) -> Result<(u32, &StreamSlot)> {
         let _g = self.insert_lock.lock();
@@ -92,9 +123,16 @@ impl Device {
                     let s = self.slots[i].get_or_init(|| {
                         CachePadded::new(StreamSlot {
                             stream,
-                            pools: Mutex::new(StreamPools::new(stream)),
+                            pools: Mutex::new(Pools {
+                                policy: StreamPools::new(stream),
+                                raw: FxHashMap::default(),
+                            }),
                         })
                     });
+                    // Under the insert lock: one writer; readers see `live` after the index.
+                    let n = self.live.load(Ordering::Relaxed);
+                    self.order[n].store(i as u32, Ordering::Relaxed);
+                    self.live.store(n + 1, Ordering::Release);
                     return Ok((i as u32, s));
                 }
             }
@@ -113,7 +151,19 @@ impl Device {
             .expect("allocation refers to an initialized stream slot")
     }
 
+    /// Every stream's slot, in table order (the order the release and unmapping steps
+    /// visit streams in, so it stays fixed: the replays' figures depend on it).
     pub(super) fn slots(&self) -> impl Iterator<Item = &StreamSlot> {
         self.slots.iter().filter_map(|s| s.get().map(|s| &**s))
+    }
+
+    /// Every stream's slot with its index, in creation order, without looking at the
+    /// empty slots (for finding a raw pointer's stream).
+    pub(super) fn indexed_slots(&self) -> impl Iterator<Item = (u32, &StreamSlot)> {
+        let n = self.live.load(Ordering::Acquire);
+        self.order[..n].iter().map(|i| {
+            let i = i.load(Ordering::Relaxed);
+            (i, self.slot_at(i))
+        })
     }
 }

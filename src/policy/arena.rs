@@ -19,20 +19,23 @@ pub enum BlockState {
     Pending,
 }
 
-#[derive(Debug, Clone)]
+/// One block: 56 bytes, plain data, so handing out and merging blocks copies no heap
+/// value (the streams that used a block live in [`StreamPools`]' side table).
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Block {
     pub(super) addr: u64,
     pub(super) size: u64,
     pub(super) requested: u64,
+    /// Value of the pool's lookup counter when the block became free (GC age base).
+    pub(super) gc_base: u64,
     pub(super) seg: u32,
     pub(super) prev: u32,
     pub(super) next: u32,
-    pub(super) state: BlockState,
     pub(super) pending_events: u32,
-    /// Value of the pool's lookup counter when the block became free (GC age base).
-    pub(super) gc_base: u64,
-    /// Other streams that used this block (`record_stream`); capacity kept across reuse.
-    pub(super) stream_uses: Vec<StreamId>,
+    /// Index of the other streams that used this block (`record_stream`) in the side
+    /// table; `NIL`: none.
+    pub(super) uses: u32,
+    pub(super) state: BlockState,
     /// Freed while work on another stream might still use it, with no way to know when that
     /// ends (recording and device synchronization both failed): never reused.
     pub(super) quarantined: bool,
@@ -50,13 +53,13 @@ impl Block {
             addr,
             size,
             requested: 0,
+            gc_base: 0,
             seg,
             prev: NIL,
             next: NIL,
-            state: BlockState::Free,
             pending_events: 0,
-            gc_base: 0,
-            stream_uses: Vec::new(),
+            uses: NIL,
+            state: BlockState::Free,
             quarantined: false,
             mapped,
             live: true,
@@ -110,11 +113,7 @@ impl StreamPools {
 
     pub(super) fn new_block(&mut self, b: Block) -> u32 {
         if let Some(i) = self.spare_blocks.pop() {
-            let slot = &mut self.blocks[i as usize];
-            let uses = std::mem::take(&mut slot.stream_uses);
-            *slot = b;
-            slot.stream_uses = uses;
-            slot.stream_uses.clear();
+            self.blocks[i as usize] = b;
             i
         } else {
             self.blocks.push(b);

@@ -63,6 +63,10 @@ pub struct StreamPools {
     spare_blocks: Vec<u32>,
     segments: Vec<Segment>,
     spare_segments: Vec<u32>,
+    /// Other streams that used allocated blocks (`record_stream`), by the blocks' `uses`
+    /// index; emptied lists are kept for reuse.
+    uses: Vec<Vec<StreamId>>,
+    spare_uses: Vec<u32>,
     /// Free blocks per pool, ordered by (size, address): best fit is the first at or above
     /// the request.
     /// Free blocks of the small pool.
@@ -97,6 +101,8 @@ impl StreamPools {
             spare_blocks: Vec::new(),
             segments: Vec::new(),
             spare_segments: Vec::new(),
+            uses: Vec::new(),
+            spare_uses: Vec::new(),
             small: bins::SmallBins::new(),
             large: FreeSet::new(),
             expandable: [None, None],

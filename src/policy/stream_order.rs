@@ -59,9 +59,17 @@ impl StreamPools {
         if stream == self.stream {
             return;
         }
-        let b = &mut self.blocks[id.0 as usize];
-        if !b.stream_uses.contains(&stream) {
-            b.stream_uses.push(stream);
+        let mut u = self.blocks[id.0 as usize].uses;
+        if u == NIL {
+            u = self.spare_uses.pop().unwrap_or_else(|| {
+                self.uses.push(Vec::new());
+                (self.uses.len() - 1) as u32
+            });
+            self.blocks[id.0 as usize].uses = u;
+        }
+        let list = &mut self.uses[u as usize];
+        if !list.contains(&stream) {
+            list.push(stream);
         }
     }
 
@@ -69,7 +77,10 @@ impl StreamPools {
     /// it, the front records an event on each and passes them to [`StreamPools::free`].
     #[inline]
     pub fn stream_uses(&self, id: BlockId) -> &[StreamId] {
-        &self.blocks[id.0 as usize].stream_uses
+        match self.blocks[id.0 as usize].uses {
+            NIL => &[],
+            u => &self.uses[u as usize],
+        }
     }
 
     /// The caller frees allocated block `id`, with `tracking` saying how the work of the
@@ -82,7 +93,12 @@ impl StreamPools {
         let b = &mut self.blocks[i as usize];
         debug_assert_eq!(b.state, BlockState::Allocated);
         let size = b.size;
-        b.stream_uses.clear();
+        let u = std::mem::replace(&mut b.uses, NIL);
+        if u != NIL {
+            // Emptied, its capacity kept for the next block that needs one.
+            self.uses[u as usize].clear();
+            self.spare_uses.push(u);
+        }
         let st = &mut self.stats;
         stats::decrease(&mut st.allocation, pool, 1);
         stats::decrease(&mut st.allocated_bytes, pool, size);

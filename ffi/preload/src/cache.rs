@@ -226,7 +226,7 @@ impl Cache {
         {
             return Freed::Done(cu_error(&e));
         }
-        match self.alloc.free_raw(dev, ptr) {
+        match self.alloc.free_raw_on(dev, ptr, Some(owner)) {
             Ok(()) => Freed::Done(CUDA_SUCCESS),
             Err(Error::UnknownPointer(_)) => Freed::NotLive,
             Err(e) => Freed::Done(cu_error(&e)),
