@@ -104,6 +104,16 @@ impl SmallBins {
         self.next_class(class(size)).map(|c| self.heads[c])
     }
 
+    /// [`Self::first_at_least`] when that block is also the smallest fitting block at the
+    /// lowest address: not when it heads the last list with others behind it (that list's
+    /// sizes are in address order only).
+    #[inline]
+    pub(super) fn first_fit_sorted(&self, size: u64) -> Option<u32> {
+        let c = self.next_class(class(size))?;
+        let head = self.heads[c];
+        (c < CLASSES - 1 || self.links[head as usize].1 == NIL).then_some(head)
+    }
+
     /// Size of the largest free block.
     pub(super) fn largest(&self) -> Option<u64> {
         if self.summary == 0 {

@@ -66,13 +66,36 @@ impl StreamPools {
     /// is taken instead: both pools map the same pages, and the block then counts in the
     /// pool of the segment that holds it. Returns the block and the address to place at.
     pub(super) fn find_free_paged(&self, req: &Request) -> Option<(u32, u64)> {
-        let own = self.find_free_paged_in(req, req.pool);
+        self.find_free_paged_with(req, true)
+    }
+
+    /// [`Self::find_free_paged`]; without `shortcuts`, by the plain scan alone (the tests
+    /// check that both answer the same).
+    pub(super) fn find_free_paged_with(
+        &self,
+        req: &Request,
+        shortcuts: bool,
+    ) -> Option<(u32, u64)> {
+        let own = self.find_free_paged_in(req, req.pool, shortcuts);
         if own.is_none_or(|(n, _, _)| n > 0)
-            && let Some((0, i, at)) = self.find_free_paged_in(req, req.pool.other())
+            && (!shortcuts
+                || (self.fewest_new_pages(req.rounded) == 0
+                    && self.partial_free[req.pool.other().idx()] > 0))
+            && let Some((0, i, at)) = self.find_free_paged_in(req, req.pool.other(), shortcuts)
         {
             return Some((i, at));
         }
         own.map(|(_, i, at)| (i, at))
+    }
+
+    /// The fewest new pages any placement of `r` bytes can cost: it spans at least
+    /// `ceil(r / g)` pages, of which at most its first and last can be shared with live
+    /// neighbours. Above two pages no placement is free, so the other pool is not searched
+    /// for one, and a large-pool scan that reaches this bound can stop.
+    #[inline]
+    pub(super) fn fewest_new_pages(&self, r: u64) -> u64 {
+        let span = (r + self.granularity - 1) >> self.page_shift;
+        span.saturating_sub(2)
     }
 
     /// For a request of whole pages, the pages `[a, a + r)` spans (one more than it needs
@@ -107,9 +130,30 @@ impl StreamPools {
         &self,
         req: &Request,
         pool: PoolKind,
+        shortcuts: bool,
     ) -> Option<(u64, u32, u64)> {
         let r = req.rounded;
         let seg = self.expandable[pool.idx()]?;
+        if shortcuts
+            && self.partial_free[pool.idx()] == 0
+            && let Some(found) = self.whole_pages_fit(seg, r, pool)
+        {
+            return Some(found);
+        }
+        // The large pool's free blocks come in (size, address) order, so once the best seen
+        // costs the fewest pages possible (spanning the fewest pages, for whole-page
+        // requests), no later block can beat it: it is bigger, or as big and higher. (The
+        // small pool's last list is in address order only; its requests are below a page,
+        // where the bound is 0 and the scan stops at the first free placement anyway.)
+        let bound = self.fewest_new_pages(r);
+        let whole = r & (self.granularity - 1) == 0;
+        let good_enough = |k: &(u64, u64, u64, u64)| {
+            k.0 == 0
+                || (shortcuts
+                    && pool == PoolKind::Large
+                    && k.0 <= bound
+                    && (!whole || k.1 == r >> self.page_shift))
+        };
         let mut best: Option<((u64, u64, u64, u64), u32)> = None;
         let mut consider = |i: u32| -> bool {
             let b = &self.blocks[i as usize];
@@ -128,7 +172,7 @@ impl StreamPools {
                     best = Some((key, i));
                 }
             }
-            best.is_some_and(|(k, _)| k.0 == 0)
+            best.is_some_and(|(k, _)| good_enough(&k))
         };
         let limit = PLACEMENT_CANDIDATES;
         match pool {
@@ -148,6 +192,29 @@ impl StreamPools {
             }
         }
         best.map(|(k, i)| (k.0, i, k.3))
+    }
+
+    /// The scan's answer when every free block of `pool` is whole pages: no page is shared,
+    /// so a placement costs every page it spans, and the fewest is had at the start of a
+    /// block (aligned); among those the smallest block wins, then the lowest address: the
+    /// first fitting block, when the free index lists blocks in (size, address) order.
+    /// `None` when that order does not hold or the block is not in segment `seg`.
+    #[inline]
+    fn whole_pages_fit(&self, seg: u32, r: u64, pool: PoolKind) -> Option<(u64, u32, u64)> {
+        let i = match pool {
+            PoolKind::Small => self.small.first_fit_sorted(r)?,
+            PoolKind::Large => self.large.first_at_least(r)?.2,
+        };
+        let b = &self.blocks[i as usize];
+        if b.seg != seg {
+            return None;
+        }
+        debug_assert!(b.size >= r && !self.is_partial(i));
+        Some((
+            self.new_pages(b.addr, b.addr + b.size, b.addr, r),
+            i,
+            b.addr,
+        ))
     }
 
     #[inline]

@@ -93,8 +93,21 @@ impl StreamPools {
         (b.size, b.addr, i)
     }
 
+    /// Whether free block `i` lies in an expandable segment and starts or ends inside a
+    /// page (which it then shares with a live neighbour, so a placement there can cost no
+    /// new page).
+    #[inline]
+    pub(super) fn is_partial(&self, i: u32) -> bool {
+        let b = &self.blocks[i as usize];
+        let mask = self.granularity.wrapping_sub(1);
+        self.segments[b.seg as usize].expandable && (b.addr | (b.addr + b.size)) & mask != 0
+    }
+
     pub(super) fn insert_free(&mut self, i: u32) {
         let pool = self.segments[self.blocks[i as usize].seg as usize].pool;
+        if self.is_partial(i) {
+            self.partial_free[pool.idx()] += 1;
+        }
         self.blocks[i as usize].gc_base = self.lookups[pool.idx()];
         match pool {
             PoolKind::Small => {
@@ -110,6 +123,9 @@ impl StreamPools {
 
     pub(super) fn remove_free(&mut self, i: u32) {
         let pool = self.segments[self.blocks[i as usize].seg as usize].pool;
+        if self.is_partial(i) {
+            self.partial_free[pool.idx()] -= 1;
+        }
         match pool {
             PoolKind::Small => self.small.remove(i, self.blocks[i as usize].size),
             PoolKind::Large => {

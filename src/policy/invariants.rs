@@ -13,6 +13,7 @@ impl StreamPools {
         let mut unmapped_seen = 0usize;
         let mut mapped_recount = 0u64;
         let mut pending_seen = 0u64;
+        let mut partial_seen = [0u32; 2];
         for (si, s) in self.segments.iter().enumerate() {
             if !s.live {
                 continue;
@@ -97,6 +98,9 @@ impl StreamPools {
                 match b.state {
                     BlockState::Free => {
                         free_seen += 1;
+                        if self.is_partial(i) {
+                            partial_seen[s.pool.idx()] += 1;
+                        }
                         if split {
                             stats::increase(&mut recount.inactive_split, s.pool, 1);
                             stats::increase(&mut recount.inactive_split_bytes, s.pool, b.size);
@@ -135,6 +139,12 @@ impl StreamPools {
                     s.addr + s.size
                 ));
             }
+        }
+        if partial_seen != self.partial_free {
+            return Err(format!(
+                "free blocks inside pages: counted {:?}, recount {partial_seen:?}",
+                self.partial_free
+            ));
         }
         let unmapped_len: usize = self.unmapped.iter().map(BTreeSet::len).sum();
         if unmapped_len != unmapped_seen {

@@ -75,6 +75,10 @@ pub struct StreamPools {
     large: FreeSet,
     /// The expandable segment of each pool (small, large), if any.
     expandable: [Option<u32>; 2],
+    /// Free blocks of expandable segments, per pool (by the pool of their segment), that
+    /// start or end inside a page ([`StreamPools::is_partial`]): with none, every free
+    /// block is whole pages and placement needs no scan.
+    partial_free: [u32; 2],
     /// Unmapped blocks of the expandable segments, per pool, by address.
     unmapped: [BTreeSet<(u64, u32)>; 2],
     /// Bytes mapped in expandable segments.
@@ -106,6 +110,7 @@ impl StreamPools {
             small: bins::SmallBins::new(),
             large: FreeSet::new(),
             expandable: [None, None],
+            partial_free: [0; 2],
             unmapped: [BTreeSet::new(), BTreeSet::new()],
             mapped_bytes: 0,
             granularity: 0,

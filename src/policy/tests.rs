@@ -442,6 +442,49 @@ mod expandable {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
+        /// The placement shortcuts (no scan when every free block is whole pages, no search
+        /// of the other pool where no placement can be free, the large pool's scan stopping
+        /// at the fewest pages possible) answer what the plain scan answers, for requests of
+        /// both pools.
+        #[test]
+        fn placement_shortcuts_answer_like_the_full_scan(
+            ops in proptest::collection::vec((0u8..4, 1u64..40_000, proptest::prelude::any::<u16>()), 1..80)
+        ) {
+            let (mut p, c) = pools();
+            let mut live: Vec<BlockId> = Vec::new();
+            for (kind, units, pick) in ops {
+                if kind == 0 && !live.is_empty() {
+                    let id = live.swap_remove(pick as usize % live.len());
+                    p.free(id, &c, Tracking::NONE);
+                    continue;
+                }
+                // Sizes from 512 B (small pool) to about 20 MiB (large pool, ten pages).
+                let r = Request::new(units * 512, &c);
+                if p.expandable_segment(r.pool).is_none() {
+                    let base = if r.pool == PoolKind::Small { 1 << 40 } else { 1 << 41 };
+                    p.add_expandable_segment(base, 1 << 30, r.pool, G);
+                }
+                proptest::prop_assert_eq!(
+                    p.find_free_paged_with(&r, true),
+                    p.find_free_paged_with(&r, false)
+                );
+                let id = match p.try_alloc(&r, &c) {
+                    Some(id) => id,
+                    None => match p.plan_map(&r, G) {
+                        Some(plan) => p.commit_map(plan, &r, &c),
+                        None => continue,
+                    },
+                };
+                live.push(id);
+                p.check_invariants(&c).map_err(proptest::test_runner::TestCaseError::fail)?;
+                if kind == 2 {
+                    for plan in p.plan_unmap(G) {
+                        p.commit_unmap(plan);
+                    }
+                }
+            }
+        }
+
         /// The page count behind each placement matches a brute-force count, and the cache
         /// serves a request at a placement costing the fewest new pages of all.
         #[test]
