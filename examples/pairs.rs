@@ -4,8 +4,11 @@
 //!
 //! ```text
 //! cargo build --release --example pairs
-//! perf record -g target/release/examples/pairs [small|large] [--raw] [--conf CONF]
+//! perf record -g target/release/examples/pairs [small|large] [--raw] [--conf CONF] [--threads N]
 //! ```
+//!
+//! With `--threads N`, N threads each run the loop on a stream of their own, and the figure
+//! is wall time over all their pairs.
 //!
 //! It prints ns per pair; the figures to quote are `cargo bench --bench vs_pytorch`'s.
 
@@ -27,31 +30,55 @@ fn main() {
         .position(|a| a == "--conf")
         .and_then(|i| args.get(i + 1))
         .map_or("", String::as_str);
+    let threads: usize = args
+        .iter()
+        .position(|a| a == "--threads")
+        .and_then(|i| args.get(i + 1))
+        .map_or(1, |n| n.parse().expect("a thread count"));
     let config = Config::parse(conf).expect("a valid --conf");
     let backend = SimBackend::new(64 << 30).virtual_only().auto_complete();
     let alloc = CachingAllocator::new(backend, config).expect("the allocator starts");
     let (sizes, _) = sizes::mix(small);
-    let pass = |alloc: &CachingAllocator<SimBackend>| {
+    let streams: Vec<u64> = (0..threads)
+        .map(|t| {
+            if t == 0 {
+                0
+            } else {
+                alloc.backend().create_stream()
+            }
+        })
+        .collect();
+    let pass = |stream: u64| {
         for &s in &sizes {
             if raw {
-                let p = alloc.allocate_raw(0, s, 0).expect("cached malloc");
-                alloc.free_raw_on(0, black_box(p), Some(0)).expect("free");
+                let p = alloc.allocate_raw(0, s, stream).expect("cached malloc");
+                alloc
+                    .free_raw_on(0, black_box(p), Some(stream))
+                    .expect("free");
             } else {
-                let a = alloc.malloc(s, 0).expect("cached malloc");
+                let a = alloc.malloc(s, stream).expect("cached malloc");
                 black_box(a.ptr());
             }
         }
     };
-    pass(&alloc);
-    let reps = 20_000_000 / sizes.len();
-    let t = Instant::now();
-    for _ in 0..reps {
-        pass(&alloc);
+    for &s in &streams {
+        pass(s);
     }
-    let ns = t.elapsed().as_nanos() as f64 / (reps * sizes.len()) as f64;
+    let reps = 20_000_000 / sizes.len() / threads;
+    let t = Instant::now();
+    std::thread::scope(|sc| {
+        for &s in &streams {
+            sc.spawn(move || {
+                for _ in 0..reps {
+                    pass(s);
+                }
+            });
+        }
+    });
+    let ns = t.elapsed().as_nanos() as f64 / (reps * sizes.len() * threads) as f64;
     println!(
-        "{} pairs of the {} mix ({}): {ns:.1} ns/pair",
-        reps * sizes.len(),
+        "{} pairs of the {} mix ({}, {threads} thread(s)): {ns:.1} ns/pair",
+        reps * sizes.len() * threads,
         if small { "small" } else { "large" },
         if raw { "raw API" } else { "Rust API" }
     );

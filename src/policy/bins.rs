@@ -37,7 +37,7 @@ impl SmallBins {
             heads: Box::new([NIL; CLASSES]),
             words: [0; WORDS],
             summary: 0,
-            links: Vec::new(),
+            links: Vec::with_capacity(super::INITIAL_BLOCKS),
             len: 0,
         }
     }

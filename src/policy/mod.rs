@@ -55,6 +55,9 @@ use crate::stats::{self, BlockStats};
 
 const NIL: u32 = u32::MAX;
 
+/// Blocks a stream's vectors have room for from the start.
+const INITIAL_BLOCKS: usize = 64;
+
 /// Everything one stream of one device holds.
 #[derive(Debug)]
 pub struct StreamPools {
@@ -101,8 +104,12 @@ impl StreamPools {
     pub fn new(stream: StreamId) -> StreamPools {
         StreamPools {
             stream,
-            blocks: Vec::new(),
-            spare_blocks: Vec::new(),
+            // Room for the first blocks up front, so the vectors every malloc and free
+            // writes start in allocations of their own rather than in small ones that may
+            // share a cache line with another stream's (threads on different streams must
+            // not contend).
+            blocks: Vec::with_capacity(INITIAL_BLOCKS),
+            spare_blocks: Vec::with_capacity(INITIAL_BLOCKS),
             segments: Vec::new(),
             spare_segments: Vec::new(),
             uses: Vec::new(),
