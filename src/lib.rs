@@ -19,6 +19,7 @@
 
 pub mod allocator;
 pub mod backend;
+pub mod capacity;
 pub mod config;
 pub mod error;
 pub mod explain;

@@ -234,3 +234,50 @@ fn a_header_only_csv_and_an_empty_snapshot_behave_the_same() {
         assert!(text(&o).1.contains("no events"), "{p:?}: {}", text(&o).1);
     }
 }
+
+/// `--min-capacity` answers a threshold: the trace completes at that capacity and runs out of
+/// memory one step below it (checked here with plain replays at both), and the JSON carries
+/// the same figure.
+#[test]
+fn min_capacity_is_a_threshold_between_a_failing_and_a_completing_replay() {
+    let t = trace("cpu_gpt2_train.csv");
+    let t = t.to_str().unwrap();
+    let o = run(&["replay", "--cold-start", "--min-capacity", "--json", t]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let v: serde_json::Value = serde_json::from_str(text(&o).0.trim()).unwrap();
+    let fit = &v["min_capacity"];
+    let cap = fit["cudalloc"].as_u64().expect("a capacity was found");
+    assert_eq!(
+        fit["pytorch"],
+        serde_json::Value::Null,
+        "no reference was run"
+    );
+    let step = fit["step"].as_u64().unwrap();
+    assert_eq!(cap % step, 0);
+    assert!(cap >= v["peak_allocated"].as_u64().unwrap());
+    assert!(cap <= v["peak_reserved"].as_u64().unwrap().div_ceil(step) * step);
+    let ooms_at = |c: u64| -> u64 {
+        let o = run(&[
+            "replay",
+            "--cold-start",
+            "--json",
+            "--capacity",
+            &format!("{}MiB", c >> 20),
+            t,
+        ]);
+        let v: serde_json::Value = serde_json::from_str(text(&o).0.trim()).unwrap();
+        v["ooms"].as_u64().unwrap()
+    };
+    assert_eq!(ooms_at(cap), 0);
+    assert!(ooms_at(cap - step) > 0);
+    let o = run(&["replay", "--cold-start", "--min-capacity", t]);
+    let out = text(&o).0;
+    assert!(
+        out.contains(&format!(
+            "smallest capacity without OOM (2 MiB steps, {} replays): cudalloc {} MiB",
+            fit["probes"],
+            cap >> 20
+        )),
+        "{out}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The `cudalloc` command-line tool.
 
 mod markdown;
+mod min_capacity;
 mod output;
 mod plot;
 
@@ -126,6 +127,12 @@ struct ReplayArgs {
     /// python3).
     #[arg(long, requires = "reference")]
     python: Option<PathBuf>,
+    /// Also find, by bisection in 2 MiB steps, the smallest device capacity at which
+    /// cudalloc replays each trace without running out of memory and, with --reference
+    /// pytorch, the smallest at which PyTorch's allocator does; then replay each at the
+    /// other's. (Many replays: with --reference, a PyTorch child for each.)
+    #[arg(long, conflicts_with = "markdown")]
+    min_capacity: bool,
 }
 
 /// Reference allocators for `--reference`.
@@ -225,6 +232,7 @@ fn replay(args: ReplayArgs) -> Result<bool, Box<dyn std::error::Error>> {
         }
         for dev in &trace.devices {
             let mut reports = Vec::new();
+            let mut fits = Vec::new();
             let mut seen = Vec::new();
             for (cfg, &cold) in configs
                 .iter()
@@ -261,21 +269,34 @@ fn replay(args: ReplayArgs) -> Result<bool, Box<dyn std::error::Error>> {
                 ));
                 let mut r = replay_device(&trace, dev, &opts, |n| bar.set_position(n))
                     .map_err(|e| format!("{}: device {}: {e}", path.display(), dev.device))?;
-                if args.reference.is_some() {
-                    bar.set_message("PyTorch's allocator on the same events");
-                    let python = args
-                        .python
+                let python = args.reference.is_some().then(|| {
+                    args.python
                         .as_ref()
-                        .map_or_else(default_python, |p| p.as_os_str().to_owned());
+                        .map_or_else(default_python, |p| p.as_os_str().to_owned())
+                });
+                if let Some(python) = &python {
+                    bar.set_message("PyTorch's allocator on the same events");
                     let config = opts.config_for(dev);
                     let ops = script(dev, &opts, &config);
                     r.reference = Some(replay_pytorch(
                         &ops,
                         &config,
                         opts.capacity_for(dev),
-                        &python,
+                        python,
                     )?);
                 }
+                let fit = if args.min_capacity {
+                    bar.set_message("searching the smallest capacity without OOM");
+                    Some(min_capacity::search(
+                        &trace,
+                        dev,
+                        &opts,
+                        &r,
+                        python.as_deref(),
+                    )?)
+                } else {
+                    None
+                };
                 bar.finish_and_clear();
                 for n in &r.notes {
                     eprintln!("cudalloc: {}: {n}", r.trace);
@@ -294,7 +315,10 @@ fn replay(args: ReplayArgs) -> Result<bool, Box<dyn std::error::Error>> {
                 }
                 k += 1;
                 if args.json {
-                    println!("{}", json_line(&r));
+                    println!("{}", json_line(&r, fit.as_ref().map(min_capacity::json)));
+                }
+                if let Some(f) = fit {
+                    fits.push((conf_label(&r).to_string(), warm, f));
                 }
                 if args.markdown {
                     rows.push(markdown::Row {
@@ -314,6 +338,10 @@ fn replay(args: ReplayArgs) -> Result<bool, Box<dyn std::error::Error>> {
                 print_table(&reports);
                 if args.suggest {
                     print_ranking(&reports);
+                }
+                for (label, warm, f) in &fits {
+                    println!("{label} ({} start):", if *warm { "warm" } else { "cold" });
+                    min_capacity::print(f);
                 }
             }
         }

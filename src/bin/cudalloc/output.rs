@@ -9,7 +9,8 @@ pub fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
 }
 
-pub fn json_line(r: &ReplayReport) -> String {
+/// One replay as a JSON line; `min_capacity`: `--min-capacity`'s answer, if searched.
+pub fn json_line(r: &ReplayReport, min_capacity: Option<serde_json::Value>) -> String {
     serde_json::json!({
         "trace": r.trace,
         "device": r.device,
@@ -43,6 +44,7 @@ pub fn json_line(r: &ReplayReport) -> String {
             "device_allocs": p.device_allocs,
             "ooms": p.ooms,
         })),
+        "min_capacity": min_capacity,
     })
     .to_string()
 }
