@@ -3,7 +3,12 @@
 //!
 //! Off by default; when off, recording costs one relaxed load. When on, entries go to a
 //! bounded ring per device (the oldest are dropped, as PyTorch's `max_entries` does).
+//!
+//! A caller that keeps call stacks of its own (the PyTorch glue keeps Python's) names the
+//! stack of the calls a thread is about to make with [`set_thread_context`]; the entries
+//! those calls record carry its id, for the caller to resolve when it reads the history.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -62,6 +67,18 @@ pub struct Entry {
     pub stream: StreamId,
     /// Wall-clock time, microseconds since the Unix epoch.
     pub time_us: u64,
+    /// The recording thread's context id at the time ([`set_thread_context`]; 0: none).
+    pub context: u64,
+}
+
+thread_local! {
+    static CONTEXT: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Tag the entries this thread records from now on with `id` (0: no context), until the
+/// next call.
+pub fn set_thread_context(id: u64) {
+    CONTEXT.with(|c| c.set(id));
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +120,7 @@ impl History {
             size,
             stream,
             time_us,
+            context: CONTEXT.with(Cell::get),
         });
     }
 

@@ -105,6 +105,10 @@ impl<B: Backend> CachingAllocator<B> {
                         // As PyTorch writes it: the driver's free bytes, also in `addr`.
                         fields.push(("device_free", int(e.addr)));
                     }
+                    if e.context != 0 {
+                        // For whoever set it to turn into `frames` (the PyTorch glue).
+                        fields.push(("cudalloc_context", int(e.context)));
+                    }
                     dict(fields)
                 })
                 .collect();

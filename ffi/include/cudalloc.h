@@ -141,6 +141,11 @@ int cudalloc_configure(const char *conf);
 /* Start (enabled != 0) or stop recording the event history, at most max_entries per device. */
 int cudalloc_record_history(int enabled, size_t max_entries);
 
+/* Tag the history entries the calling thread records from now on with context (0: none), a
+ * caller's id for the call stack behind them; snapshots carry it as "cudalloc_context" in
+ * each trace entry (the PyTorch glue turns it into Python frames). Never fails. */
+void cudalloc_set_history_context(uint64_t context);
+
 /* Write a PyTorch-format memory snapshot (segments, blocks, event history) to path. */
 int cudalloc_dump_snapshot(const char *path);
 

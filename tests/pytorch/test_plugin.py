@@ -208,6 +208,48 @@ print(json.dumps({{"ptr": ptr, "keys": sorted(snap),
         self.assertEqual(len(dumped["device_traces"][0]), len(r["trace"]))
         self.assertEqual(r["after"], len(r["trace"]), "recording stopped")
 
+    def test_history_carries_the_python_stacks_pytorch_would_record(self):
+        r = self.run_child("""
+def make_a_tensor_for_cudalloc(n):
+    return torch.empty(n, dtype=torch.uint8, device="cuda")
+
+torch.cuda.memory._record_memory_history(max_entries=1000)
+x = make_a_tensor_for_cudalloc(3 << 20)
+kept = make_a_tensor_for_cudalloc(5 << 20)
+ptr = x.data_ptr()
+del x
+snap = torch.cuda.memory._snapshot()
+torch.cuda.memory._record_memory_history(enabled=None)
+torch.cuda.memory._record_memory_history(max_entries=1000, stacks="cpp")
+z = make_a_tensor_for_cudalloc(7 << 20)
+plain = torch.cuda.memory._snapshot()
+names = lambda fr: [f["name"] for f in fr]
+print(json.dumps({
+    "ptr": ptr, "kept": kept.data_ptr(), "z": z.data_ptr(),
+    "trace": [(e["action"], e["addr"], names(e["frames"]), sorted(e))
+              for e in snap["device_traces"][0]],
+    "frame": next(f for e in snap["device_traces"][0] for f in e["frames"]),
+    "blocks": {b["address"]: names(b["frames"]) for s in snap["segments"] for b in s["blocks"]
+               if b["state"] == "active_allocated"},
+    "plain": [(e["action"], e["addr"], e["frames"]) for e in plain["device_traces"][0]],
+}))
+""")
+        alloc = [t for t in r["trace"] if t[0] == "alloc" and t[1] == r["ptr"]]
+        self.assertEqual(len(alloc), 1, r["trace"])
+        self.assertEqual(alloc[0][2][0], "make_a_tensor_for_cudalloc",
+                         "innermost frame first, as PyTorch orders them")
+        self.assertIn("<module>", alloc[0][2])
+        self.assertNotIn("cudalloc_context", alloc[0][3])
+        self.assertEqual(set(r["frame"]), {"filename", "line", "name"})
+        self.assertEqual(r["frame"]["filename"], "<string>")
+        self.assertGreater(r["frame"]["line"], 0)
+        freed = [t for t in r["trace"] if t[0] == "free_requested" and t[1] == r["ptr"]]
+        self.assertEqual(freed[0][2], ["<module>"], "the free's own stack")
+        self.assertEqual(r["blocks"][str(r["kept"])][0], "make_a_tensor_for_cudalloc",
+                         "a live block shows where it was allocated")
+        later = [t for t in r["plain"] if t[0] == "alloc" and t[1] == r["z"]]
+        self.assertEqual(later[0][2], [], "stacks='cpp' records no Python frames")
+
     def test_a_training_trace_replayed_as_tensors_leaves_exact_statistics(self):
         trace = os.path.join(ROOT, "traces", "cpu_bert_train.csv")
         with open(trace) as f:

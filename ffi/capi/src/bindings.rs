@@ -206,6 +206,9 @@ unsafe extern "C" {
     ) -> ::std::os::raw::c_int;
 }
 unsafe extern "C" {
+    pub fn cudalloc_set_history_context(context: u64);
+}
+unsafe extern "C" {
     pub fn cudalloc_dump_snapshot(path: *const ::std::os::raw::c_char) -> ::std::os::raw::c_int;
 }
 unsafe extern "C" {

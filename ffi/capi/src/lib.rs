@@ -525,6 +525,13 @@ pub extern "C" fn cudalloc_record_history(enabled: c_int, max_entries: usize) ->
 }
 
 /// See the header.
+#[unsafe(no_mangle)]
+pub extern "C" fn cudalloc_set_history_context(context: u64) {
+    // No boundary: a thread-local store cannot panic, and it must not clear the last error.
+    core::history::set_thread_context(context);
+}
+
+/// See the header.
 ///
 /// # Safety
 /// `path` must be NULL or a NUL-terminated string.

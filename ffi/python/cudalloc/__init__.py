@@ -169,7 +169,7 @@ def install_pytorch():
             "its allocator only then): call it at the top of your program"
         )
     glue = _glue.install(torch, load(), CudallocError)
-    _torch_api.patch(torch, __import__(__name__))
+    _torch_api.patch(torch, __import__(__name__), glue)
     return glue
 
 

@@ -20,7 +20,7 @@ class _Api(ctypes.Structure):
     _fields_ = [
         (n, ctypes.c_void_p)
         for n in ("malloc", "free", "record_stream_any", "empty_cache", "set_memory_fraction",
-                  "last_error", "last_status", "base_allocation")
+                  "last_error", "last_status", "base_allocation", "set_history_context")
     ]
 
 
@@ -65,7 +65,8 @@ def build(torch, error):
     cmd = [cxx, "-O2", "-std=c++20", "-shared", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
            "-o", tmp, _SOURCE]
     cmd += [f"-I{d}" for d in _include_dirs(torch_dir)]
-    cmd += [f"-L{torch_lib}", "-ltorch_cuda", "-lc10_cuda", "-lc10", f"-Wl,-rpath,{torch_lib}"]
+    cmd += [f"-L{torch_lib}", "-ltorch_cuda", "-ltorch_cpu", "-lc10_cuda", "-lc10",
+            f"-Wl,-rpath,{torch_lib}"]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True)
     except OSError as e:
@@ -90,4 +91,43 @@ def install(torch, lib, error):
     f.argtypes = [ctypes.POINTER(_Api), ctypes.c_char_p, ctypes.c_size_t]
     if f(ctypes.byref(api), err, len(err)) != 0:
         raise error(f"installing cudalloc in PyTorch failed: {err.value.decode(errors='replace')}")
+    glue.cudalloc_torch_set_stacks.restype = None
+    glue.cudalloc_torch_set_stacks.argtypes = [ctypes.c_size_t]
+    # The same library through PyDLL, which keeps the GIL during the call: symbolizing reads
+    # Python code objects.
+    glue.with_gil = ctypes.PyDLL(glue._name)
+    fr = glue.with_gil.cudalloc_torch_frames
+    fr.restype = ctypes.c_size_t
+    fr.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t, ctypes.c_char_p,
+                   ctypes.c_size_t]
     return glue
+
+
+def set_stacks(glue, max_entries):
+    """Keep the Python stacks of the newest max_entries calls for the history (0: stop)."""
+    glue.cudalloc_torch_set_stacks(max(0, min(int(max_entries), 2**63 - 1)))
+
+
+def frames(glue, ids):
+    """{id: [{"filename", "line", "name"}, ...]} for the stack ids the glue still keeps,
+    innermost frame first (PyTorch's order)."""
+    ids = sorted(set(ids))
+    if not ids:
+        return {}
+    arr = (ctypes.c_uint64 * len(ids))(*ids)
+    cap = 1 << 16
+    while True:
+        buf = ctypes.create_string_buffer(cap)
+        need = glue.with_gil.cudalloc_torch_frames(arr, len(ids), buf, cap)
+        if need <= cap:
+            break
+        cap = need
+    out = {}
+    current = None
+    for line in buf.value.decode(errors="replace").splitlines():
+        if line.startswith("#"):
+            current = out.setdefault(int(line[1:]), [])
+        elif current is not None:
+            lineno, name, filename = line.split("\t", 2)
+            current.append({"filename": filename, "line": int(lineno), "name": name})
+    return out

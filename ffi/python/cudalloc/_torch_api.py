@@ -15,6 +15,8 @@ import os
 import pickle
 import tempfile
 
+from . import _glue
+
 _fraction = {}
 
 
@@ -37,16 +39,39 @@ def _nested(flat):
     return out
 
 
-def _snapshot(cudalloc):
+def _snapshot(cudalloc, glue):
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "snapshot.pickle")
         cudalloc.dump_snapshot(path)
         with open(path, "rb") as f:
-            return pickle.load(f)
+            snap = pickle.load(f)
+    return _with_frames(snap, glue)
 
 
-def patch(torch, cudalloc):
-    """Replace the torch._C entry points listed above with cudalloc's."""
+def _with_frames(snap, glue):
+    """Turn the stack ids cudalloc's history carries ("cudalloc_context", set by the glue)
+    into PyTorch's "frames"; a block still allocated gets the frames of its allocation."""
+    traces = snap.get("device_traces", [])
+    ids = [e["cudalloc_context"] for t in traces for e in t if "cudalloc_context" in e]
+    by_id = _glue.frames(glue, ids) if ids else {}
+    alloc_frames = {}
+    for t in traces:
+        for e in t:
+            c = e.pop("cudalloc_context", None)
+            if c is not None:
+                e["frames"] = by_id.get(c, [])
+            if e.get("action") == "alloc":
+                alloc_frames[e.get("addr")] = e.get("frames", [])
+    for seg in snap.get("segments", []):
+        for b in seg.get("blocks", []):
+            if b.get("state") == "active_allocated" and b.get("address") in alloc_frames:
+                b["frames"] = alloc_frames[b["address"]]
+    return snap
+
+
+def patch(torch, cudalloc, glue):
+    """Replace the torch._C entry points listed above with cudalloc's (`glue`: the loaded
+    torch_glue library, which keeps the Python stacks)."""
     C = torch._C
     set_fraction = C._cuda_setMemoryFraction
 
@@ -67,16 +92,22 @@ def patch(torch, cudalloc):
         return _fraction.get(_device(torch, device), 1.0)
 
     def record_memory_history(enabled, context=None, stacks=None, max_entries=None, *_args, **_kw):
-        entries = max_entries if max_entries is not None else 2**63 - 1
-        cudalloc.record_history(enabled is not None, min(int(entries), 2**63 - 1))
+        entries = min(int(max_entries if max_entries is not None else 2**63 - 1), 2**63 - 1)
+        on = enabled is not None
+        cudalloc.record_history(on, entries)
+        # PyTorch keeps Python frames for stacks="python" or "all" whenever context is set.
+        python_stacks = on and context is not None and stacks in ("python", "all")
+        _glue.set_stacks(glue, entries if python_stacks else 0)
 
     def record_memory_history_legacy(enabled, record_context=True, trace_alloc_max_entries=1,
                                      *_args, **_kw):
-        cudalloc.record_history(bool(enabled), max(1, int(trace_alloc_max_entries)))
+        entries = max(1, int(trace_alloc_max_entries))
+        cudalloc.record_history(bool(enabled), entries)
+        _glue.set_stacks(glue, entries if enabled and record_context else 0)
 
     def memory_snapshot(_which=None):
         # cudalloc keeps no private pools: a MemPool id selects nothing narrower.
-        return _snapshot(cudalloc)
+        return _snapshot(cudalloc, glue)
 
     for name, fn in (
         ("_cuda_memoryStats", memory_stats),
