@@ -62,9 +62,11 @@ fn cached_pairs(config: Config) {
                 let a = alloc.malloc(s, 0).unwrap();
                 std::hint::black_box(a.ptr());
             }
-            // Raw path too.
+            // Raw path too: freed with the stream named (the C ABI's way) and without.
             let p = alloc.allocate_raw(0, 4096, 0).unwrap();
             alloc.free_raw(0, p).unwrap();
+            let p = alloc.allocate_raw(0, 70_000, 0).unwrap();
+            alloc.free_raw_on(0, p, Some(0)).unwrap();
         }
     };
     run(); // warm up: segments, slabs and maps reach their steady size
