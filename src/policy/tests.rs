@@ -439,50 +439,77 @@ mod expandable {
             .count() as u64
     }
 
+    type Step = Result<(), proptest::test_runner::TestCaseError>;
+
+    /// Drive fresh pools through `ops`: (0, _, pick) frees a live block; any other kind
+    /// allocates `units` × 512 bytes, from the cache or by mapping pages (kind 2 then unmaps
+    /// every free page). `before` sees each request before it is served and returns what
+    /// `after` gets with the cached block that served it (`None`: nothing cached fitted).
+    fn drive<T>(
+        ops: Vec<(u8, u64, u16)>,
+        mut before: impl FnMut(
+            &mut StreamPools,
+            &Request,
+        ) -> Result<T, proptest::test_runner::TestCaseError>,
+        mut after: impl FnMut(&StreamPools, &Request, Option<BlockId>, T) -> Step,
+    ) -> Step {
+        let (mut p, c) = pools();
+        let mut live: Vec<BlockId> = Vec::new();
+        for (kind, units, pick) in ops {
+            if kind == 0 && !live.is_empty() {
+                let id = live.swap_remove(pick as usize % live.len());
+                p.free(id, &c, Tracking::NONE);
+                continue;
+            }
+            let r = Request::new(units * 512, &c);
+            let seen = before(&mut p, &r)?;
+            let cached = p.try_alloc(&r, &c);
+            after(&p, &r, cached, seen)?;
+            let id = match cached {
+                Some(id) => id,
+                None => match p.plan_map(&r, G) {
+                    Some(plan) => p.commit_map(plan, &r, &c),
+                    None => continue,
+                },
+            };
+            live.push(id);
+            p.check_invariants(&c)
+                .map_err(proptest::test_runner::TestCaseError::fail)?;
+            if kind == 2 {
+                for plan in p.plan_unmap(G) {
+                    p.commit_unmap(plan);
+                }
+            }
+        }
+        Ok(())
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
         /// The placement shortcuts (no scan when every free block is whole pages, no search
         /// of the other pool where no placement can be free, the large pool's scan stopping
         /// at the fewest pages possible) answer what the plain scan answers, for requests of
-        /// both pools.
+        /// both pools: sizes from 512 B (small pool) to about 20 MiB (ten pages).
         #[test]
         fn placement_shortcuts_answer_like_the_full_scan(
             ops in proptest::collection::vec((0u8..4, 1u64..40_000, proptest::prelude::any::<u16>()), 1..80)
         ) {
-            let (mut p, c) = pools();
-            let mut live: Vec<BlockId> = Vec::new();
-            for (kind, units, pick) in ops {
-                if kind == 0 && !live.is_empty() {
-                    let id = live.swap_remove(pick as usize % live.len());
-                    p.free(id, &c, Tracking::NONE);
-                    continue;
-                }
-                // Sizes from 512 B (small pool) to about 20 MiB (large pool, ten pages).
-                let r = Request::new(units * 512, &c);
-                if p.expandable_segment(r.pool).is_none() {
-                    let base = if r.pool == PoolKind::Small { 1 << 40 } else { 1 << 41 };
-                    p.add_expandable_segment(base, 1 << 30, r.pool, G);
-                }
-                proptest::prop_assert_eq!(
-                    p.find_free_paged_with(&r, true),
-                    p.find_free_paged_with(&r, false)
-                );
-                let id = match p.try_alloc(&r, &c) {
-                    Some(id) => id,
-                    None => match p.plan_map(&r, G) {
-                        Some(plan) => p.commit_map(plan, &r, &c),
-                        None => continue,
-                    },
-                };
-                live.push(id);
-                p.check_invariants(&c).map_err(proptest::test_runner::TestCaseError::fail)?;
-                if kind == 2 {
-                    for plan in p.plan_unmap(G) {
-                        p.commit_unmap(plan);
+            drive(
+                ops,
+                |p, r| {
+                    if p.expandable_segment(r.pool).is_none() {
+                        let base = if r.pool == PoolKind::Small { 1 << 40 } else { 1 << 41 };
+                        p.add_expandable_segment(base, 1 << 30, r.pool, G);
                     }
-                }
-            }
+                    proptest::prop_assert_eq!(
+                        p.find_free_paged_with(r, true),
+                        p.find_free_paged_with(r, false)
+                    );
+                    Ok(())
+                },
+                |_, _, _, ()| Ok(()),
+            )?;
         }
 
         /// The page count behind each placement matches a brute-force count, and the cache
@@ -491,50 +518,35 @@ mod expandable {
         fn placement_costs_match_brute_force(
             ops in proptest::collection::vec((0u8..3, 2049u64..24_576, proptest::prelude::any::<u16>()), 1..60)
         ) {
-            let (mut p, c) = pools();
-            let mut live: Vec<BlockId> = Vec::new();
-            for (kind, units, pick) in ops {
-                if kind == 0 && !live.is_empty() {
-                    let id = live.swap_remove(pick as usize % live.len());
-                    p.free(id, &c, Tracking::NONE);
-                    continue;
-                }
-                let r = Request::new(units * 512, &c);
-                proptest::prop_assert_eq!(r.pool, PoolKind::Large);
-                let touched = touched_pages(&p);
-                let mut best = None::<u64>;
-                for &(size, addr, _) in p.large.iter() {
-                    if size < r.rounded {
-                        continue;
-                    }
-                    for a in p.placements(addr, addr + size, r.rounded).into_iter().flatten() {
-                        let n = p.new_pages(addr, addr + size, a, r.rounded);
-                        proptest::prop_assert_eq!(n, brute_new_pages(&touched, a, r.rounded));
-                        best = Some(best.map_or(n, |b| b.min(n)));
-                    }
-                }
-                let id = match p.try_alloc(&r, &c) {
-                    Some(id) => {
-                        let n = brute_new_pages(&touched, p.block_addr(id), r.rounded);
-                        proptest::prop_assert_eq!(Some(n), best, "not the cheapest placement");
-                        id
-                    }
-                    None => {
-                        proptest::prop_assert!(best.is_none());
-                        match p.plan_map(&r, G) {
-                            Some(plan) => p.commit_map(plan, &r, &c),
-                            None => continue,
+            drive(
+                ops,
+                |p, r| {
+                    proptest::prop_assert_eq!(r.pool, PoolKind::Large);
+                    let touched = touched_pages(p);
+                    let mut best = None::<u64>;
+                    for &(size, addr, _) in p.large.iter() {
+                        if size < r.rounded {
+                            continue;
+                        }
+                        for a in p.placements(addr, addr + size, r.rounded).into_iter().flatten() {
+                            let n = p.new_pages(addr, addr + size, a, r.rounded);
+                            proptest::prop_assert_eq!(n, brute_new_pages(&touched, a, r.rounded));
+                            best = Some(best.map_or(n, |b| b.min(n)));
                         }
                     }
-                };
-                live.push(id);
-                p.check_invariants(&c).map_err(proptest::test_runner::TestCaseError::fail)?;
-                if kind == 2 {
-                    for plan in p.plan_unmap(G) {
-                        p.commit_unmap(plan);
+                    Ok((touched, best))
+                },
+                |p, r, cached, (touched, best)| {
+                    match cached {
+                        Some(id) => {
+                            let n = brute_new_pages(&touched, p.block_addr(id), r.rounded);
+                            proptest::prop_assert_eq!(Some(n), best, "not the cheapest placement");
+                        }
+                        None => proptest::prop_assert!(best.is_none()),
                     }
-                }
-            }
+                    Ok(())
+                },
+            )?;
         }
     }
 }
