@@ -156,6 +156,7 @@ fn prepare() -> Result<(Command, ShimBench), String> {
         .args(["-O2", "-Wall", "-o"])
         .arg(&shim_exe)
         .arg(root().join("benches/vs_pytorch/shim_pairs.c"))
+        .arg(format!("-I{}", root().join("tests/fixtures").display()))
         .arg("-L")
         .arg(standin.dir())
         .args(["-lcuda", "-ldl"])
