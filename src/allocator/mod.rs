@@ -16,6 +16,7 @@ mod raw;
 mod release;
 mod report;
 mod segments;
+mod stream_lock;
 mod table;
 
 pub use handle::Allocation;

@@ -6,6 +6,7 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, AtomicUsize};
 
+use super::stream_lock::StreamLock;
 use super::*;
 
 /// Raw allocations a stream's pointer map has room for from the start.
@@ -13,7 +14,7 @@ const RAW_CAPACITY: usize = 256;
 
 pub(super) struct StreamSlot {
     pub(super) stream: StreamId,
-    pub(super) pools: Mutex<Pools>,
+    pub(super) pools: StreamLock<Pools>,
 }
 
 /// What one stream's lock guards: the policy's pools and the raw (C-layer) allocations
@@ -126,7 +127,7 @@ impl Device {
                     let s = self.slots[i].get_or_init(|| {
                         CachePadded::new(StreamSlot {
                             stream,
-                            pools: Mutex::new(Pools {
+                            pools: StreamLock::new(Pools {
                                 policy: StreamPools::new(stream),
                                 // Sized now, with the stream's other tables, rather than
                                 // on the first raw malloc: a small table grown then sat
