@@ -14,7 +14,7 @@ pub(super) enum Raw {
 impl Pools {
     /// Block `b` was just handed out: its address, booked in the pointer map if `raw`.
     #[inline]
-    fn handed_out(&mut self, b: BlockId, raw: Raw) -> (BlockId, u64) {
+    pub(super) fn handed_out(&mut self, b: BlockId, raw: Raw) -> (BlockId, u64) {
         let ptr = self.block_addr(b);
         if raw == Raw::Yes {
             self.raw.insert(ptr, b);

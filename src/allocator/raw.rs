@@ -117,9 +117,7 @@ impl<B: Backend> CachingAllocator<B> {
             let Some(block) = g.try_alloc(&req, &self.config) else {
                 return Ok(None);
             };
-            let ptr = g.block_addr(block);
-            g.raw.insert(ptr, block);
-            ptr
+            g.handed_out(block, Raw::Yes).1
         };
         self.used.store(true, Ordering::Relaxed);
         dev.ledger.block_allocated(ptr, size, stream);
