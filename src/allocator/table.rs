@@ -88,16 +88,10 @@ impl Device {
     /// The pools of `stream`, created on first use.
     #[inline]
     pub(super) fn slot(&self, stream: StreamId) -> Result<(u32, &StreamSlot)> {
-        let h = stream_hash(stream);
-        for k in 0..MAX_STREAMS_PER_DEVICE {
-            let i = (h + k) % MAX_STREAMS_PER_DEVICE;
-            match self.slots[i].get() {
-                Some(s) if s.stream == stream => return Ok((i as u32, s)),
-                Some(_) => continue,
-                None => return self.insert_slot(stream),
-            }
+        match self.find_slot(stream) {
+            Some(found) => Ok(found),
+            None => self.insert_slot(stream),
         }
-        self.insert_slot(stream)
     }
 
     /// The pools of `stream` if it has any (creates nothing).

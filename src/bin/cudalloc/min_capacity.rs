@@ -74,6 +74,15 @@ fn ooms(n: u64) -> String {
     format!("{n} OOM{}", if n == 1 { "" } else { "s" })
 }
 
+/// What a replay with `n` out-of-memory errors did: `done` when it completed.
+fn outcome(n: u64, done: &str) -> String {
+    if n == 0 {
+        done.to_string()
+    } else {
+        format!("fails ({})", ooms(n))
+    }
+}
+
 fn mib(b: u64) -> String {
     format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64)
 }
@@ -96,22 +105,14 @@ pub fn print(fit: &CapacityFit) {
         println!(
             "  at PyTorch's smallest ({}): cudalloc {}",
             mib(p),
-            if n == 0 {
-                "completes".to_string()
-            } else {
-                format!("fails ({})", ooms(n))
-            }
+            outcome(n, "completes")
         );
     }
     if let (Some(c), Some(n)) = (fit.cudalloc, fit.reference_ooms_at_cudalloc) {
         println!(
             "  at cudalloc's smallest ({}): PyTorch {}",
             mib(c),
-            if n == 0 {
-                "completes too (the bisection missed a smaller one)".to_string()
-            } else {
-                format!("fails ({})", ooms(n))
-            }
+            outcome(n, "completes too (the bisection missed a smaller one)")
         );
     }
 }
