@@ -53,8 +53,7 @@ impl<B: Backend> Allocation<'_, B> {
     pub fn record_stream(&self, stream: StreamId) {
         let dev = &self.alloc.devices[self.device as usize];
         dev.slot_at(self.slot)
-            .pools
-            .lock()
+            .lock_hot()
             .record_stream(self.block, stream);
     }
 

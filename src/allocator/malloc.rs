@@ -62,7 +62,7 @@ impl<B: Backend> CachingAllocator<B> {
         }
         let req = Request::new(size, &self.config);
         {
-            let mut g = stream_slot.pools.lock();
+            let mut g = stream_slot.lock_hot();
             if g.has_pending() {
                 self.process_events(dev, &mut g)?;
             }
@@ -117,7 +117,7 @@ impl<B: Backend> CachingAllocator<B> {
         req: &Request,
         raw: Raw,
     ) -> Result<Option<(BlockId, u64)>> {
-        let mut g = stream_slot.pools.lock();
+        let mut g = stream_slot.lock();
         if g.has_pending() {
             self.process_events(dev, &mut g)?;
         }

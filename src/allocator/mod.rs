@@ -179,7 +179,7 @@ impl<B: Backend> CachingAllocator<B> {
         for dev in self.devices.iter() {
             let mut all = Vec::new();
             for stream_slot in dev.slots() {
-                let g = stream_slot.pools.lock();
+                let g = stream_slot.lock();
                 for s in g.segments() {
                     if s.expandable {
                         if let Err(e) = self.backend.unmap_pages(dev.index, s.addr, s.size) {

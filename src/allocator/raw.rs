@@ -40,7 +40,7 @@ impl<B: Backend> CachingAllocator<B> {
     pub fn free_raw_on(&self, device: usize, ptr: u64, stream: Option<StreamId>) -> Result<()> {
         let dev = self.dev(device)?;
         if let Some((_, slot)) = stream.and_then(|s| dev.find_slot(s)) {
-            let mut g = slot.pools.lock();
+            let mut g = slot.lock_hot();
             if let Some(block) = g.raw.remove(&ptr) {
                 return self.free_locked(dev, slot.stream, &mut g, block);
             }
@@ -51,7 +51,7 @@ impl<B: Backend> CachingAllocator<B> {
     #[cold]
     fn free_raw_searched(&self, dev: &Device, ptr: u64) -> Result<()> {
         for (_, slot) in dev.indexed_slots() {
-            let mut g = slot.pools.lock();
+            let mut g = slot.lock();
             if let Some(block) = g.raw.remove(&ptr) {
                 return self.free_locked(dev, slot.stream, &mut g, block);
             }
@@ -68,7 +68,7 @@ impl<B: Backend> CachingAllocator<B> {
         f: impl FnOnce(&mut Pools, StreamId, BlockId) -> T,
     ) -> Option<T> {
         for (_, slot) in dev.indexed_slots() {
-            let mut g = slot.pools.lock();
+            let mut g = slot.lock();
             if let Some(&block) = g.raw.get(&ptr) {
                 return Some(f(&mut g, slot.stream, block));
             }
@@ -110,7 +110,7 @@ impl<B: Backend> CachingAllocator<B> {
         let (_, stream_slot) = dev.slot(stream)?;
         let req = Request::new(size, &self.config);
         let ptr = {
-            let mut g = stream_slot.pools.lock();
+            let mut g = stream_slot.lock_hot();
             if g.has_pending() {
                 self.process_events(dev, &mut g)?;
             }

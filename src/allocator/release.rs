@@ -18,7 +18,7 @@ impl<B: Backend> CachingAllocator<B> {
         let mut out = Vec::new();
         let mut first_err = None;
         for stream_slot in dev.slots() {
-            let mut g = stream_slot.pools.lock();
+            let mut g = stream_slot.lock();
             let events = if sync {
                 self.sync_events(dev, &mut g)
             } else if g.has_pending() {
@@ -56,7 +56,7 @@ impl<B: Backend> CachingAllocator<B> {
             // Expandable segments carry no per-block age: over the threshold, their free
             // pages all go back.
             for stream_slot in dev.slots() {
-                self.unmap_free_pages(dev, &mut stream_slot.pools.lock(), true)?;
+                self.unmap_free_pages(dev, &mut stream_slot.lock(), true)?;
             }
         }
         let mut reclaimed = 0u64;
@@ -65,7 +65,7 @@ impl<B: Backend> CachingAllocator<B> {
             if reclaimed >= target {
                 break;
             }
-            let mut g = stream_slot.pools.lock();
+            let mut g = stream_slot.lock();
             let mut cands = g.gc_candidates();
             while reclaimed < target && !cands.is_empty() {
                 let avg = cands.iter().map(|c| c.0 as f64).sum::<f64>() / cands.len() as f64;

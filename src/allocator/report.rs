@@ -45,7 +45,7 @@ impl<B: Backend> CachingAllocator<B> {
         let dev = self.dev(device)?;
         let mut blocks = BlockStats::default();
         for stream_slot in dev.slots() {
-            blocks.merge(stream_slot.pools.lock().stats());
+            blocks.merge(stream_slot.lock().stats());
         }
         Ok(MemoryStats {
             blocks,
@@ -70,7 +70,7 @@ impl<B: Backend> CachingAllocator<B> {
     pub fn reset_peak_memory_stats(&self, device: usize) -> Result<()> {
         let dev = self.dev(device)?;
         for stream_slot in dev.slots() {
-            stream_slot.pools.lock().stats_mut().reset_peak();
+            stream_slot.lock().stats_mut().reset_peak();
         }
         dev.ledger.reset_peak();
         Ok(())
@@ -83,7 +83,7 @@ impl<B: Backend> CachingAllocator<B> {
     pub fn reset_accumulated_memory_stats(&self, device: usize) -> Result<()> {
         let dev = self.dev(device)?;
         for stream_slot in dev.slots() {
-            stream_slot.pools.lock().stats_mut().reset_accumulated();
+            stream_slot.lock().stats_mut().reset_accumulated();
         }
         dev.ledger.reset_accumulated();
         for c in [&dev.num_alloc_retries, &dev.num_sync_all_streams] {
@@ -100,7 +100,7 @@ impl<B: Backend> CachingAllocator<B> {
         let dev = self.dev(device)?;
         let mut v = Vec::new();
         for stream_slot in dev.slots() {
-            v.extend(stream_slot.pools.lock().segments());
+            v.extend(stream_slot.lock().segments());
         }
         v.sort_by_key(|s| s.addr);
         Ok(v)
@@ -114,7 +114,7 @@ impl<B: Backend> CachingAllocator<B> {
         let dev = self.dev(device)?;
         let mut f = CacheFigures::default();
         for stream_slot in dev.slots() {
-            let g = stream_slot.pools.lock();
+            let g = stream_slot.lock();
             f.largest_free = f.largest_free.max(g.largest_free());
             f.free_cached = f.free_cached.saturating_add(g.free_bytes());
             f.pending = f.pending.saturating_add(g.pending_bytes());
@@ -137,7 +137,7 @@ impl<B: Backend> CachingAllocator<B> {
             let mut segs = Vec::new();
             let mut seg_count = 0usize;
             for stream_slot in dev.slots() {
-                let g = stream_slot.pools.lock();
+                let g = stream_slot.lock();
                 g.check_invariants(&self.config).map_err(|e| {
                     format!("device {} stream {}: {e}", dev.index, stream_slot.stream)
                 })?;
@@ -181,7 +181,7 @@ impl<B: Backend> CachingAllocator<B> {
                 ));
             }
             for stream_slot in dev.slots() {
-                let g = stream_slot.pools.lock();
+                let g = stream_slot.lock();
                 for (&ptr, &b) in g.raw.iter() {
                     if g.block_state(b) != Some(BlockState::Allocated) || g.block_addr(b) != ptr {
                         return Err(format!("raw pointer {ptr:#x} maps to a dead block"));

@@ -74,7 +74,7 @@ impl<B: Backend> CachingAllocator<B> {
                 if slot.stream == g.stream() {
                     continue;
                 }
-                if let Some(mut other) = slot.pools.try_lock() {
+                if let Some(mut other) = slot.try_lock() {
                     let runs = other.plan_unmap_upto(short, gran);
                     short -= runs.iter().map(|u| u.len).sum::<u64>().min(short);
                     self.unmap_pages(dev, &mut other, runs)

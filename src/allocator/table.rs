@@ -6,7 +6,7 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, AtomicUsize};
 
-use super::stream_lock::StreamLock;
+use super::stream_lock::{RawStreamLock, StreamLock};
 use super::*;
 
 /// Raw allocations a stream's pointer map has room for from the start.
@@ -14,7 +14,38 @@ const RAW_CAPACITY: usize = 256;
 
 pub(super) struct StreamSlot {
     pub(super) stream: StreamId,
-    pub(super) pools: StreamLock<Pools>,
+    pools: StreamLock<Pools>,
+}
+
+/// A stream's pools, locked.
+pub(super) type PoolsGuard<'a> = lock_api::MutexGuard<'a, RawStreamLock, Pools>;
+
+impl StreamSlot {
+    /// Lock the stream's pools, a parked free settled (what every path but the cached
+    /// malloc and free wants: statistics, snapshots, release and growth see the pools as
+    /// if every free had been coalesced).
+    #[inline]
+    pub(super) fn lock(&self) -> PoolsGuard<'_> {
+        let mut g = self.pools.lock();
+        g.policy.settle();
+        g
+    }
+
+    /// [`StreamSlot::lock`] if the lock is free now.
+    #[inline]
+    pub(super) fn try_lock(&self) -> Option<PoolsGuard<'_>> {
+        let mut g = self.pools.try_lock()?;
+        g.policy.settle();
+        Some(g)
+    }
+
+    /// Lock the stream's pools as they are, a park left in place: only for the cached
+    /// malloc and free, which call nothing of the policy that needs it settled (`try_alloc`
+    /// and `free` settle what they must themselves).
+    #[inline]
+    pub(super) fn lock_hot(&self) -> PoolsGuard<'_> {
+        self.pools.lock()
+    }
 }
 
 /// What one stream's lock guards: the policy's pools and the raw (C-layer) allocations
@@ -123,7 +154,8 @@ impl Device {
                         CachePadded::new(StreamSlot {
                             stream,
                             pools: StreamLock::new(Pools {
-                                policy: StreamPools::new(stream),
+                                // Every lock but the cached malloc's and free's settles.
+                                policy: StreamPools::parking(stream),
                                 // Sized now, with the stream's other tables, rather than
                                 // on the first raw malloc: a small table grown then sat
                                 // next to another stream's and two threads on two streams

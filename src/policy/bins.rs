@@ -15,7 +15,7 @@ use super::{MIN_BLOCK_SIZE, NIL, SMALL_BUFFER};
 const CLASSES: usize = (SMALL_BUFFER / MIN_BLOCK_SIZE) as usize + 1;
 const WORDS: usize = CLASSES.div_ceil(64);
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct SmallBins {
     heads: Box<[u32; CLASSES]>,
     words: [u64; WORDS],

@@ -243,6 +243,7 @@ impl StreamPools {
         pool: PoolKind,
         granularity: u64,
     ) {
+        self.structural_change();
         assert!(
             granularity.is_power_of_two(),
             "the page size of expandable segments is a power of two"
@@ -258,6 +259,10 @@ impl StreamPools {
     /// lowest unmapped range that, with the free mapped block just before it, covers the
     /// request. `None` when the segment is missing or has no such room.
     pub fn plan_map(&self, req: &Request, granularity: u64) -> Option<MapPlan> {
+        debug_assert!(
+            !self.is_parked(),
+            "settle a park before looking at the free space"
+        );
         // For each unmapped range, the pages needed when the new pages join the free space
         // just before it, just after it, or both (filling the whole range); the plan maps
         // the fewest pages, ties going to the lowest address, so free pieces of partly used
@@ -332,6 +337,7 @@ impl StreamPools {
     /// The pages of `plan` were mapped: they join the free space before them, and `req` is
     /// served from it.
     pub fn commit_map(&mut self, plan: MapPlan, req: &Request, cfg: &Config) -> BlockId {
+        self.structural_change();
         let p = req.pool.idx();
         let &(start, u) = self.unmapped[p]
             .range(..=(plan.addr, u32::MAX))
@@ -360,6 +366,10 @@ impl StreamPools {
     /// Free pages of this stream's expandable segments that could be unmapped: the whole
     /// pages inside each free mapped block.
     pub fn plan_unmap(&self, granularity: u64) -> Vec<UnmapPlan> {
+        debug_assert!(
+            !self.is_parked(),
+            "settle a park before looking at the free space"
+        );
         let mut out = Vec::new();
         for s in self.expandable.iter().flatten() {
             let pool = self.segments[*s as usize].pool;
@@ -391,6 +401,10 @@ impl StreamPools {
     /// kept; the largest runs go first (fewest calls), the last one cut to what is needed,
     /// from its top.
     pub fn plan_unmap_for(&self, plan: &MapPlan, need: u64, granularity: u64) -> Vec<UnmapPlan> {
+        debug_assert!(
+            !self.is_parked(),
+            "settle a park before looking at the free space"
+        );
         if need == 0 {
             return Vec::new();
         }
@@ -403,6 +417,10 @@ impl StreamPools {
     /// when another stream of the device grows by `need`: the largest runs first, the last
     /// one cut from its top.
     pub fn plan_unmap_upto(&self, need: u64, granularity: u64) -> Vec<UnmapPlan> {
+        debug_assert!(
+            !self.is_parked(),
+            "settle a park before looking at the free space"
+        );
         Self::take_pages(self.plan_unmap(granularity), need)
     }
 
@@ -429,6 +447,7 @@ impl StreamPools {
 
     /// The pages of `plan` were unmapped: they become unmapped address space.
     pub fn commit_unmap(&mut self, plan: UnmapPlan) {
+        self.structural_change();
         let b = plan.block;
         let (addr, size, seg) = {
             let x = &self.blocks[b as usize];
@@ -473,6 +492,7 @@ impl StreamPools {
     /// Expandable segments with nothing mapped any more: forgotten here, returned for the
     /// front to give their address range back.
     pub fn release_empty_expandable(&mut self, out: &mut Vec<ReleasedSegment>) {
+        self.structural_change();
         for p in 0..2 {
             let Some(s) = self.expandable[p] else {
                 continue;
@@ -500,6 +520,10 @@ impl StreamPools {
 
     /// Every mapped page range of the expandable segments (for teardown).
     pub fn mapped_runs(&self) -> Vec<(u64, u64)> {
+        debug_assert!(
+            !self.is_parked(),
+            "settle a park before looking at the free space"
+        );
         self.segments()
             .into_iter()
             .filter(|s| s.expandable)

@@ -110,21 +110,28 @@ impl StreamPools {
         BlockId(i)
     }
 
-    /// Serve `req` from the cache, if a cached block fits: in the expandable segments
-    /// where [`Self::find_free_paged`] places it, else by best fit under the
-    /// `max_split_size` rules.
+    /// Serve `req` from the cache, if a cached block fits: the parked block if `req` takes
+    /// it back (see `retake`), else in the expandable segments where
+    /// [`Self::find_free_paged`] places it, else by best fit under the `max_split_size`
+    /// rules.
     #[inline]
     pub fn try_alloc(&mut self, req: &Request, cfg: &Config) -> Option<BlockId> {
+        if let Some(b) = self.retake(req, cfg) {
+            return Some(b);
+        }
         self.lookups[req.pool.idx()] += 1;
-        if (self.expandable[0].is_some() || self.expandable[1].is_some())
+        let b = if (self.expandable[0].is_some() || self.expandable[1].is_some())
             && let Some((i, at)) = self.find_free_paged(req)
         {
             self.remove_free(i);
-            return Some(self.take_block_at(i, req, cfg, at));
-        }
-        let i = self.find_free_fixed(req, cfg)?;
-        self.remove_free(i);
-        Some(self.take_block(i, req, cfg, req.pool))
+            self.take_block_at(i, req, cfg, at)
+        } else {
+            let i = self.find_free_fixed(req, cfg)?;
+            self.remove_free(i);
+            self.take_block(i, req, cfg, req.pool)
+        };
+        self.remember_take(b.0, req.rounded);
+        Some(b)
     }
 
     /// Adopt a new segment from the driver and serve `req` from it.
@@ -135,6 +142,7 @@ impl StreamPools {
         req: &Request,
         cfg: &Config,
     ) -> BlockId {
+        self.structural_change();
         let i = self.new_segment(addr, size, req.pool, false);
         self.take_block(i, req, cfg, req.pool)
     }

@@ -18,7 +18,7 @@ type Key = (u64, u64, u32);
 /// entries, where moving the tail would cost more than the tree, it becomes a B-tree, and
 /// back below [`VEC_BELOW`]. The vector keeps its capacity once grown, so the cached path
 /// does not allocate.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) enum FreeSet {
     Sorted(Vec<Key>),
     Tree(BTreeSet<Key>),
@@ -183,6 +183,7 @@ impl StreamPools {
     }
 
     pub(super) fn insert_free(&mut self, i: u32) {
+        self.forget_take();
         let pool = self.segments[self.blocks[i as usize].seg as usize].pool;
         if self.is_partial(i) {
             self.partial_free[pool.idx()] += 1;
@@ -201,6 +202,7 @@ impl StreamPools {
     }
 
     pub(super) fn remove_free(&mut self, i: u32) {
+        self.forget_take();
         let pool = self.segments[self.blocks[i as usize].seg as usize].pool;
         if self.is_partial(i) {
             self.partial_free[pool.idx()] -= 1;

@@ -15,7 +15,8 @@
 //! `fixed` (best fit in fixed segments), `expandable` (page-aware placement, map/unmap
 //! plans), `stream_order` (the free protocol: cached, pending on events, quarantined),
 //! `release` (empty_cache and garbage collection), `report` (segments and free figures for
-//! snapshots and summaries), `invariants` (the checker the tests call). This module holds
+//! snapshots and summaries), `retake` (a freed block parked and taken straight back by the
+//! same request), `invariants` (the checker the tests call). This module holds
 //! [`StreamPools`] itself; it must not call the driver or hold a pointer.
 
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ mod free_index;
 mod invariants;
 mod release;
 mod report;
+mod retake;
 mod sizes;
 mod stream_order;
 
@@ -44,6 +46,7 @@ pub use stream_order::{Completed, FreeOutcome, Freed, Tracking};
 
 use arena::{Block, Segment};
 use free_index::FreeSet;
+use retake::LastTake;
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -59,7 +62,7 @@ const NIL: u32 = u32::MAX;
 const INITIAL_BLOCKS: usize = 64;
 
 /// Everything one stream of one device holds.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StreamPools {
     stream: StreamId,
     blocks: Vec<Block>,
@@ -97,6 +100,8 @@ pub struct StreamPools {
     lookups: [u64; 2],
     live_segments: usize,
     stats: BlockStats,
+    /// The last block taken from the cache, and whether it is parked (see `retake`).
+    last_take: LastTake,
 }
 
 impl StreamPools {
@@ -126,7 +131,15 @@ impl StreamPools {
             lookups: [0; 2],
             live_segments: 0,
             stats: BlockStats::default(),
+            last_take: LastTake::NONE,
         }
+    }
+
+    /// [`StreamPools::new`] with [`StreamPools::allow_parking`].
+    pub fn parking(stream: StreamId) -> StreamPools {
+        let mut p = StreamPools::new(stream);
+        p.allow_parking();
+        p
     }
 
     /// The stream these pools belong to.

@@ -37,6 +37,7 @@ impl StreamPools {
     /// Let go of every segment that is entirely free (`empty_cache`), appending them to
     /// `out`.
     pub fn release_free_segments(&mut self, out: &mut Vec<ReleasedSegment>) {
+        self.structural_change();
         for pool in [PoolKind::Small, PoolKind::Large] {
             for i in self.free_ids(pool) {
                 if !self.is_split(i) && !self.in_expandable(i) {
@@ -49,6 +50,10 @@ impl StreamPools {
     /// Garbage-collection candidates of the large pool: whole free segments and their age
     /// (lookups since they became free), for PyTorch's `garbage_collect_cached_blocks`.
     pub fn gc_candidates(&self) -> Vec<(u64, u32)> {
+        debug_assert!(
+            !self.is_parked(),
+            "settle a park before looking at the free space"
+        );
         let now = self.lookups[PoolKind::Large.idx()];
         self.large
             .iter()
@@ -60,6 +65,7 @@ impl StreamPools {
 
     /// Release the whole free segment whose block is `block` (from [`Self::gc_candidates`]).
     pub fn release_gc_candidate(&mut self, block: u32) -> Option<ReleasedSegment> {
+        self.structural_change();
         let b = self.blocks.get(block as usize)?;
         if !b.live
             || b.state != BlockState::Free

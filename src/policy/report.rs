@@ -36,12 +36,20 @@ pub struct SegmentInfo {
 impl StreamPools {
     /// The largest free block (any pool).
     pub fn largest_free(&self) -> u64 {
+        debug_assert!(
+            !self.is_parked(),
+            "settle a park before looking at the free space"
+        );
         let large = self.large.last().map_or(0, |&(size, _, _)| size);
         large.max(self.small.largest().unwrap_or(0))
     }
 
     /// Bytes in free blocks.
     pub fn free_bytes(&self) -> u64 {
+        debug_assert!(
+            !self.is_parked(),
+            "settle a park before looking at the free space"
+        );
         let small: u64 = self
             .small
             .iter()
@@ -54,6 +62,10 @@ impl StreamPools {
     /// its contiguous mapped runs (each one a segment of its own, as PyTorch's snapshots show
     /// mapped memory); unmapped address space is left out.
     pub fn segments(&self) -> Vec<SegmentInfo> {
+        debug_assert!(
+            !self.is_parked(),
+            "settle a park before looking at the free space"
+        );
         let mut v = Vec::new();
         for s in self.segments.iter().filter(|s| s.live) {
             let mut run: Option<SegmentInfo> = None;

@@ -162,7 +162,8 @@ impl StreamPools {
     }
 
     /// Block `i` is no longer used by anyone: mark it free, coalesce with free neighbours,
-    /// put it in the free set.
+    /// put it in the free set — or, if it is the last block taken from the cache, park it
+    /// (see `retake`).
     pub(super) fn return_block(&mut self, i: u32) {
         let pool = self.segments[self.blocks[i as usize].seg as usize].pool;
         {
@@ -174,6 +175,16 @@ impl StreamPools {
             stats::decrease(&mut st.active_bytes, pool, size);
             stats::decrease(&mut st.requested_bytes, pool, req);
         }
+        if self.park(i) {
+            return;
+        }
+        self.settle();
+        self.coalesce(i);
+    }
+
+    /// Returned block `i` (its statistics booked): coalesce it with its free neighbours and
+    /// put it in the free set.
+    pub(super) fn coalesce(&mut self, i: u32) {
         let cur = self.merge_mapped_free(i);
         self.blocks[cur as usize].state = BlockState::Free;
         self.insert_free(cur);
