@@ -4,8 +4,11 @@
 //!
 //! ```text
 //! cargo build --release --example pairs
-//! perf record -g target/release/examples/pairs [small|large] [--raw] [--conf CONF] [--threads N]
+//! perf record -g target/release/examples/pairs [small|large] [--raw] [--conf CONF] [--threads N] [--size BYTES]
 //! ```
+//!
+//! With `--size`, every pair is of that one size instead of the mix (the best case of
+//! the parked free: each request takes the block just freed straight back).
 //!
 //! With `--threads N`, N threads each run the loop on a stream of their own, and the figure
 //! is wall time over all their pairs.
@@ -38,7 +41,15 @@ fn main() {
     let config = Config::parse(conf).expect("a valid --conf");
     let backend = SimBackend::new(64 << 30).virtual_only().auto_complete();
     let alloc = CachingAllocator::new(backend, config).expect("the allocator starts");
-    let (sizes, _) = sizes::mix(small);
+    let one_size: Option<u64> = args
+        .iter()
+        .position(|a| a == "--size")
+        .and_then(|i| args.get(i + 1))
+        .map(|n| n.parse().expect("a size in bytes"));
+    let sizes = match one_size {
+        Some(s) => vec![s; 1024],
+        None => sizes::mix(small).0,
+    };
     let streams: Vec<u64> = (0..threads)
         .map(|t| {
             if t == 0 {
@@ -77,9 +88,13 @@ fn main() {
     });
     let ns = t.elapsed().as_nanos() as f64 / (reps * sizes.len() * threads) as f64;
     println!(
-        "{} pairs of the {} mix ({}, {threads} thread(s)): {ns:.1} ns/pair",
+        "{} pairs of {} ({}, {threads} thread(s)): {ns:.1} ns/pair",
         reps * sizes.len() * threads,
-        if small { "small" } else { "large" },
+        match one_size {
+            Some(s) => format!("{s} bytes"),
+            None if small => "the small mix".into(),
+            None => "the large mix".into(),
+        },
         if raw { "raw API" } else { "Rust API" }
     );
 }
