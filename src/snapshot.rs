@@ -130,6 +130,9 @@ impl<B: Backend> CachingAllocator<B> {
                 Value::F64(cfg.garbage_collection_threshold),
             ),
             ("expandable_segments", Value::Bool(cfg.expandable_segments)),
+            // cudalloc's own (PyTorch's readers skip it): how expandable growth was mapped,
+            // so that a replay of this snapshot maps the same way.
+            ("expandable_min_map", int(cfg.large_min_map())),
             (
                 "max_non_split_rounding_size",
                 int(cfg.max_non_split_rounding),

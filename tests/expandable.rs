@@ -195,3 +195,58 @@ fn a_request_beyond_the_device_reserves_no_address_range() {
     assert_eq!(a.backend().counts().reserve_range, 1);
     a.check_invariants().unwrap();
 }
+
+/// By default a large-pool request below 10 MiB maps 20 MiB (PyTorch's segment size for
+/// such requests): the next requests come from the pages already mapped, without a driver
+/// call. `expandable_segments:True` maps exactly the pages needed, and
+/// `expandable_min_map_mb` sets the step either way.
+#[test]
+fn large_requests_below_10_mib_map_20_mib_by_default() {
+    let maps = |conf: &str| {
+        let cfg = Config::parse(conf).unwrap();
+        let a = CachingAllocator::new(SimBackend::new(1 << 30), cfg).unwrap();
+        let held: Vec<_> = (0..4).map(|_| a.malloc(3 * MIB, 0).unwrap()).collect();
+        let st = a.memory_stats(0).unwrap();
+        let reserved = st.segments.reserved_bytes[0].current as u64;
+        drop(held);
+        a.check_invariants().unwrap();
+        (st.num_device_alloc, reserved)
+    };
+    assert_eq!(
+        maps(""),
+        (1, 20 * MIB),
+        "one map of 20 MiB serves four 3 MiB requests"
+    );
+    assert_eq!(maps("expandable_segments:True"), (4, 12 * MIB));
+    assert_eq!(maps("expandable_min_map_mb:8"), (2, 16 * MIB));
+    assert_eq!(
+        maps("expandable_segments:True,expandable_min_map_mb:20"),
+        (1, 20 * MIB)
+    );
+    // Requests of 10 MiB and more map what they need, as before.
+    let a = CachingAllocator::new(SimBackend::new(1 << 30), Config::default()).unwrap();
+    let x = a.malloc(12 * MIB, 0).unwrap();
+    assert_eq!(a.reserved_bytes(0), 12 * MIB);
+    drop(x);
+}
+
+/// Where the device has no room for the wider map, the request still gets the pages it
+/// needs.
+#[test]
+fn the_wider_map_gives_way_near_the_device_limit() {
+    let a = CachingAllocator::new(SimBackend::new(10 * MIB), Config::default()).unwrap();
+    let x = a.malloc(3 * MIB, 0).unwrap();
+    assert_eq!(a.reserved_bytes(0), 4 * MIB, "20 MiB do not fit: two pages");
+    let y = a.malloc(5 * MIB, 0).unwrap();
+    assert!(a.reserved_bytes(0) <= 10 * MIB);
+    assert_eq!(a.memory_stats(0).unwrap().num_alloc_retries, 0);
+    drop((x, y));
+    a.check_invariants().unwrap();
+    // The memory fraction is a limit the same way.
+    let a = CachingAllocator::new(SimBackend::new(1 << 30), Config::default()).unwrap();
+    a.set_memory_fraction(0, 8.0 * MIB as f64 / (1u64 << 30) as f64)
+        .unwrap();
+    let x = a.malloc(3 * MIB, 0).unwrap();
+    assert_eq!(a.reserved_bytes(0), 4 * MIB);
+    drop(x);
+}

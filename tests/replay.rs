@@ -42,7 +42,16 @@ fn csv_trace_reads_and_replays() {
     assert_eq!(r.events, 6);
     assert_eq!(r.ooms, 0);
     assert_eq!(r.peak_allocated, MIB + 3_000_000);
-    // The defaults, expandable segments: one 2 MiB page for 1 MiB, two for 3 MB.
+    // The defaults, expandable segments: one 2 MiB page for 1 MiB; the 3 MB request maps
+    // the large pool's 20 MiB step.
+    assert_eq!(r.peak_reserved, 22 * MIB);
+    assert_eq!(r.device_allocs, 2);
+    let exact = ReplayOptions {
+        config: Some(Config::parse("expandable_segments:True").unwrap()),
+        ..ReplayOptions::default()
+    };
+    let r = replay_device(&t, d, &exact, |_| {}).unwrap();
+    // Exactly the pages needed: one for 1 MiB, two for 3 MB.
     assert_eq!(r.peak_reserved, 6 * MIB);
     assert_eq!(r.device_allocs, 2);
     let fixed = ReplayOptions {

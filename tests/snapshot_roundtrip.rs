@@ -122,9 +122,11 @@ fn settings_round_trip_in_pytorchs_form() {
         let bytes = alloc.snapshot_pickle().unwrap();
         let t = replays(&bytes);
         // The snapshot records expandable_segments as in force (here the default, True),
-        // which reads back as asked for.
+        // which reads back as asked for, with the default's 20 MiB step for large-pool
+        // growth (an explicit `expandable_segments:True` maps exact pages).
         let mut want = cfg.clone();
         want.expandable_segments_set = true;
+        want.expandable_min_map = Some(20 * MIB);
         assert_eq!(t.devices[0].settings.as_ref(), Some(&want), "{conf}");
         // The divisions are a dict keyed by the interval in MiB, as PyTorch writes them.
         let v = serde_pickle::value_from_slice(&bytes, DeOptions::new()).unwrap();

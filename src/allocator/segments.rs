@@ -3,6 +3,7 @@
 //! device's [`Ledger`] in the same step; nothing here chooses blocks.
 
 use super::*;
+use crate::policy::{MIN_LARGE_ALLOC, MapPlan};
 
 impl<B: Backend> CachingAllocator<B> {
     /// Serve `req` by mapping pages into the stream's expandable segment of its pool
@@ -56,6 +57,20 @@ impl<B: Backend> CachingAllocator<B> {
                 message: other.to_string(),
             },
         };
+        // A large-pool request below 10 MiB maps at least `large_min_map` (20 MiB by
+        // default, PyTorch's segment size for such requests), the pages beyond it left free
+        // for the next ones: one driver call for several requests on the way up to the
+        // peak. The rule below unmaps free pages for them as for the others; where the
+        // device (or the memory fraction) still has no room for them, only the pages
+        // needed are mapped.
+        let exact = plan;
+        let min_map = self.config.large_min_map();
+        let plan =
+            if req.pool == PoolKind::Large && req.rounded < MIN_LARGE_ALLOC && plan.len < min_map {
+                g.extend_plan(plan, req.pool, min_map.div_ceil(gran) * gran - plan.len)
+            } else {
+                plan
+            };
         let mark = dev.ledger.high_water() + gran;
         let room = mark.saturating_sub(dev.ledger.reserved()) / gran * gran;
         let need = plan.len.saturating_sub(room);
@@ -82,15 +97,36 @@ impl<B: Backend> CachingAllocator<B> {
                 }
             }
         }
-        dev.ledger.claim(plan.len)?;
-        if let Err(e) = self.backend.map_pages(dev.index, plan.addr, plan.len) {
-            dev.ledger.unclaim(plan.len);
+        if plan != exact && dev.ledger.claim(plan.len).is_ok() {
+            match self.backend.map_pages(dev.index, plan.addr, plan.len) {
+                Ok(()) => return Ok(self.commit_mapped(dev, g, req, plan)),
+                Err(BackendError::OutOfMemory) => dev.ledger.unclaim(plan.len),
+                Err(e) => {
+                    dev.ledger.unclaim(plan.len);
+                    return Err(e);
+                }
+            }
+        }
+        dev.ledger.claim(exact.len)?;
+        if let Err(e) = self.backend.map_pages(dev.index, exact.addr, exact.len) {
+            dev.ledger.unclaim(exact.len);
             return Err(e);
         }
+        Ok(self.commit_mapped(dev, g, req, exact))
+    }
+
+    /// Book the pages of `plan`, just mapped, and serve `req` from them.
+    fn commit_mapped(
+        &self,
+        dev: &Device,
+        g: &mut StreamPools,
+        req: &Request,
+        plan: MapPlan,
+    ) -> (BlockId, u64) {
         dev.ledger
             .pages_mapped(plan.addr, plan.len, req.pool, g.stream());
         let b = g.commit_map(plan, req, &self.config);
-        Ok((b, g.block_addr(b)))
+        (b, g.block_addr(b))
     }
 
     /// Ask the backend for a segment, within the memory-fraction limit.

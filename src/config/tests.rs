@@ -17,9 +17,12 @@ fn empty_and_whitespace_are_default() {
 fn every_key() {
     let c = Config::parse(
         "max_split_size_mb:128, max_non_split_rounding_mb:64,garbage_collection_threshold:0.6,\
-         expandable_segments:False,backend:native,roundup_power2_divisions:4",
+         expandable_segments:False,backend:native,roundup_power2_divisions:4,\
+         expandable_min_map_mb:8",
     )
     .unwrap();
+    assert_eq!(c.expandable_min_map, Some(8 << 20));
+    assert_eq!(c.large_min_map(), 8 << 20);
     assert_eq!(c.max_split_size, 128 << 20);
     assert_eq!(c.max_non_split_rounding, 64 << 20);
     assert_eq!(c.garbage_collection_threshold, 0.6);
@@ -54,11 +57,37 @@ fn display_round_trips() {
         "roundup_power2_divisions:[64:8,256:4,>:1]",
         "roundup_power2_divisions:2",
         "garbage_collection_threshold:0.8,max_non_split_rounding_mb:40",
+        "expandable_min_map_mb:0",
+        "expandable_segments:True,expandable_min_map_mb:64",
     ] {
         let c = Config::parse(s).unwrap();
         let back = Config::parse(&c.to_string()).unwrap();
         assert_eq!(c, back, "{s} -> {c}");
     }
+}
+
+#[test]
+fn the_large_pool_maps_20_mib_by_default_and_exact_pages_with_expandable_segments_true() {
+    assert_eq!(Config::default().large_min_map(), 20 << 20);
+    let c = Config::parse("max_split_size_mb:128").unwrap();
+    assert_eq!(c.large_min_map(), 20 << 20);
+    assert_eq!(
+        Config::parse("expandable_segments:True")
+            .unwrap()
+            .large_min_map(),
+        0
+    );
+    let c = Config::parse("expandable_segments:True,expandable_min_map_mb:20").unwrap();
+    assert_eq!(c.large_min_map(), 20 << 20);
+    assert_eq!(
+        Config::parse("expandable_min_map_mb:0")
+            .unwrap()
+            .large_min_map(),
+        0
+    );
+    let e = err("expandable_min_map_mb:4096");
+    assert_eq!(e.key.as_deref(), Some("expandable_min_map_mb"));
+    assert!(e.message.contains("must be <= 1024"), "{e}");
 }
 
 #[test]

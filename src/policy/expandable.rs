@@ -334,6 +334,24 @@ impl StreamPools {
         i
     }
 
+    /// `plan` with up to `extra` bytes (whole pages) more mapped after it, as far as its
+    /// unmapped range reaches, when nothing mapped follows it (the request is served from
+    /// the start of the joined space, so the pages added stay free after it).
+    pub fn extend_plan(&self, plan: MapPlan, pool: PoolKind, extra: u64) -> MapPlan {
+        if plan.joins[1] != NIL || extra == 0 {
+            return plan;
+        }
+        let Some(&(start, u)) = self.unmapped[pool.idx()]
+            .range(..=(plan.addr, u32::MAX))
+            .next_back()
+        else {
+            return plan;
+        };
+        let end = start + self.blocks[u as usize].size;
+        let len = (plan.len + extra).min(end - plan.addr);
+        MapPlan { len, ..plan }
+    }
+
     /// The pages of `plan` were mapped: they join the free space before them, and `req` is
     /// served from it.
     pub fn commit_map(&mut self, plan: MapPlan, req: &Request, cfg: &Config) -> BlockId {

@@ -78,7 +78,12 @@ pub fn project_python(root: &std::path::Path) -> OsString {
 /// (cudalloc's own default is expandable segments: the same settings string, each
 /// allocator's defaults).
 pub fn pytorch_conf(config: &Config) -> String {
-    let mut s = config.to_string();
+    // cudalloc's own keys are not PyTorch's.
+    let mut s = Config {
+        expandable_min_map: None,
+        ..config.clone()
+    }
+    .to_string();
     // The defaults leave the key out of `to_string`: PyTorch's default must not decide.
     if config.expandable_segments && !config.expandable_segments_set {
         if !s.is_empty() {
@@ -187,5 +192,26 @@ pub fn replay_pytorch(
             "the PyTorch child's answer lacks a figure: {}",
             line.unwrap_or_default()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// PyTorch gets its own keys, `expandable_segments` always explicit, and none of
+    /// cudalloc's own.
+    #[test]
+    fn pytorch_gets_its_own_keys_only() {
+        let conf = |s: &str| pytorch_conf(&Config::parse(s).unwrap());
+        assert_eq!(conf(""), "expandable_segments:False");
+        assert_eq!(
+            conf("max_split_size_mb:128,expandable_min_map_mb:8"),
+            "max_split_size_mb:128,expandable_segments:False"
+        );
+        assert_eq!(
+            conf("expandable_segments:True,expandable_min_map_mb:20"),
+            "expandable_segments:True"
+        );
     }
 }

@@ -109,6 +109,16 @@ pub(crate) fn settings_of(root: &PVal) -> Result<Option<Config>, String> {
         Some(PVal::Bool(true)) => parts.push("expandable_segments:True".into()),
         Some(_) => return Err("allocator_settings.expandable_segments is not a bool".into()),
     }
+    // Written by cudalloc's own snapshots only: the step expandable growth mapped in.
+    let min_map = match s.get("expandable_min_map") {
+        None => None,
+        Some(v) => Some(
+            v.as_i64()
+                .filter(|&b| b >= 0 && b % MIB == 0 && !matches!(v, PVal::Bool(_)))
+                .ok_or("allocator_settings.expandable_min_map is not a whole number of MiB")?
+                as u64,
+        ),
+    };
     if let Some(r) = s.get("roundup_power2_divisions") {
         let t = roundup_table(&r)?;
         if t.iter().any(|&d| d != 0) {
@@ -121,9 +131,20 @@ pub(crate) fn settings_of(root: &PVal) -> Result<Option<Config>, String> {
         }
     }
     let conf = parts.join(",");
-    Config::parse_from("allocator_settings", &conf)
-        .map(Some)
-        .map_err(|e| e.to_string())
+    let mut cfg = Config::parse_from("allocator_settings", &conf).map_err(|e| e.to_string())?;
+    // Named only where the settings read would not give that step anyway.
+    if let Some(b) = min_map.filter(|&b| b != cfg.large_min_map()) {
+        cfg = Config::parse_from(
+            "allocator_settings",
+            &format!(
+                "{conf}{}expandable_min_map_mb:{}",
+                if conf.is_empty() { "" } else { "," },
+                b as i64 / MIB
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(Some(cfg))
 }
 
 #[cfg(test)]
