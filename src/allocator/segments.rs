@@ -97,22 +97,24 @@ impl<B: Backend> CachingAllocator<B> {
                 }
             }
         }
-        if plan != exact && dev.ledger.claim(plan.len).is_ok() {
-            match self.backend.map_pages(dev.index, plan.addr, plan.len) {
+        if plan != exact {
+            match self.claim_and_map(dev, plan) {
                 Ok(()) => return Ok(self.commit_mapped(dev, g, req, plan)),
-                Err(BackendError::OutOfMemory) => dev.ledger.unclaim(plan.len),
-                Err(e) => {
-                    dev.ledger.unclaim(plan.len);
-                    return Err(e);
-                }
+                Err(BackendError::OutOfMemory) => {}
+                Err(e) => return Err(e),
             }
         }
-        dev.ledger.claim(exact.len)?;
-        if let Err(e) = self.backend.map_pages(dev.index, exact.addr, exact.len) {
-            dev.ledger.unclaim(exact.len);
-            return Err(e);
-        }
+        self.claim_and_map(dev, exact)?;
         Ok(self.commit_mapped(dev, g, req, exact))
+    }
+
+    /// Claim the pages of `plan` in the ledger and map them; on failure nothing stays
+    /// claimed.
+    fn claim_and_map(&self, dev: &Device, plan: MapPlan) -> Result<(), BackendError> {
+        dev.ledger.claim(plan.len)?;
+        self.backend
+            .map_pages(dev.index, plan.addr, plan.len)
+            .inspect_err(|_| dev.ledger.unclaim(plan.len))
     }
 
     /// Book the pages of `plan`, just mapped, and serve `req` from them.

@@ -130,19 +130,14 @@ pub(crate) fn settings_of(root: &PVal) -> Result<Option<Config>, String> {
             parts.push(format!("roundup_power2_divisions:[{}]", items.join(",")));
         }
     }
-    let conf = parts.join(",");
-    let mut cfg = Config::parse_from("allocator_settings", &conf).map_err(|e| e.to_string())?;
+    let parse = |parts: &[String]| {
+        Config::parse_from("allocator_settings", &parts.join(",")).map_err(|e| e.to_string())
+    };
+    let mut cfg = parse(&parts)?;
     // Named only where the settings read would not give that step anyway.
     if let Some(b) = min_map.filter(|&b| b != cfg.large_min_map()) {
-        cfg = Config::parse_from(
-            "allocator_settings",
-            &format!(
-                "{conf}{}expandable_min_map_mb:{}",
-                if conf.is_empty() { "" } else { "," },
-                b as i64 / MIB
-            ),
-        )
-        .map_err(|e| e.to_string())?;
+        parts.push(format!("expandable_min_map_mb:{}", b as i64 / MIB));
+        cfg = parse(&parts)?;
     }
     Ok(Some(cfg))
 }

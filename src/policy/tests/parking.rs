@@ -1,0 +1,186 @@
+//! Parking a freed block and taking it straight back (see `retake`) is invisible: pools
+//! that park and pools that coalesce at once, driven through the same operations, hand out
+//! the same addresses and, once the park is settled, hold the same blocks, free index, GC
+//! ages, lookup counts and statistics, with fixed and with expandable segments.
+
+use super::*;
+
+const G: u64 = 2 * MIB;
+
+/// What an observer can tell of the pools, block ids aside.
+fn observed(p: &StreamPools) -> impl PartialEq + std::fmt::Debug {
+    let mut p = p.clone();
+    p.settle();
+    let mut free: Vec<(u64, u64, u64)> = p
+        .blocks
+        .iter()
+        .filter(|b| b.live && b.state == BlockState::Free && b.mapped)
+        .map(|b| (b.addr, b.size, b.gc_base))
+        .collect();
+    free.sort();
+    let mut large: Vec<(u64, u64)> = p.large.iter().map(|&(s, a, _)| (s, a)).collect();
+    large.sort();
+    (
+        p.segments(),
+        free,
+        large,
+        p.small.len(),
+        p.lookups,
+        p.partial_free,
+        p.stats.clone(),
+        p.free_bytes(),
+        p.largest_free(),
+    )
+}
+
+type Step = Result<(), proptest::test_runner::TestCaseError>;
+
+/// Ops: (0, _, pick) frees a live block; (1, _, pick) frees one used on another stream
+/// (it waits on an event); (2, ..) completes the oldest event; (3, ..) releases what is
+/// wholly free; (4, ..) repeats the last request; anything else allocates `units` × 512
+/// bytes from one of a few sizes, so that requests repeat.
+fn run(expandable: bool, ops: Vec<(u8, u64, u16)>) -> Step {
+    let c = Config {
+        expandable_segments: expandable,
+        ..Config::default()
+    };
+    let mut plain = StreamPools::new(0);
+    let mut parking = StreamPools::parking(0);
+    if expandable {
+        for p in [&mut plain, &mut parking] {
+            p.add_expandable_segment(1 << 40, 1 << 30, PoolKind::Small, G);
+            p.add_expandable_segment(1 << 41, 1 << 30, PoolKind::Large, G);
+        }
+    }
+    let sizes = [512, 3 * 512, 4096, 70_000, MIB, 3 * MIB + 512, 12 * MIB];
+    let mut live: Vec<(BlockId, BlockId)> = Vec::new();
+    let mut next_segment = 1u64 << 36;
+    let mut next_event = 0;
+    let mut last = sizes[0];
+    for (kind, units, pick) in ops {
+        match kind {
+            0 | 1 if !live.is_empty() => {
+                let (x, y) = live.swap_remove(pick as usize % live.len());
+                let events = [next_event];
+                let tracking = if kind == 0 {
+                    Tracking::NONE
+                } else {
+                    next_event += 1;
+                    plain.record_stream(x, 5);
+                    parking.record_stream(y, 5);
+                    Tracking {
+                        events: &events,
+                        untracked: false,
+                    }
+                };
+                proptest::prop_assert_eq!(
+                    plain.free(x, &c, tracking),
+                    parking.free(y, &c, tracking)
+                );
+            }
+            2 => {
+                let a = plain.complete_oldest_pending();
+                proptest::prop_assert_eq!(a, parking.complete_oldest_pending());
+            }
+            3 => {
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                plain.release_free_segments(&mut a);
+                parking.release_free_segments(&mut b);
+                proptest::prop_assert_eq!(a, b);
+                parking.settle();
+                let (a, b) = (plain.plan_unmap(G), parking.plan_unmap(G));
+                proptest::prop_assert_eq!(a.len(), b.len());
+                for (a, b) in a.into_iter().zip(b) {
+                    proptest::prop_assert_eq!((a.addr, a.len), (b.addr, b.len));
+                    plain.commit_unmap(a);
+                    parking.commit_unmap(b);
+                }
+            }
+            _ => {
+                let size = if kind == 4 {
+                    last
+                } else {
+                    sizes[units as usize % sizes.len()] + (units % 3) * 100
+                };
+                last = size;
+                let r = Request::new(size, &c);
+                let (a, b) = (plain.try_alloc(&r, &c), parking.try_alloc(&r, &c));
+                proptest::prop_assert_eq!(
+                    a.map(|x| plain.block_addr(x)),
+                    b.map(|y| parking.block_addr(y))
+                );
+                let pair = match (a, b) {
+                    (Some(x), Some(y)) => (x, y),
+                    _ if expandable => match (plain.plan_map(&r, G), parking.plan_map(&r, G)) {
+                        (Some(pa), Some(pb)) => {
+                            (plain.commit_map(pa, &r, &c), parking.commit_map(pb, &r, &c))
+                        }
+                        (None, None) => continue,
+                        (pa, pb) => {
+                            return Err(proptest::test_runner::TestCaseError::fail(format!(
+                                "map plans differ: {:?} / {:?}",
+                                pa.map(|p| (p.addr, p.len)),
+                                pb.map(|p| (p.addr, p.len))
+                            )));
+                        }
+                    },
+                    _ => {
+                        let at = next_segment;
+                        next_segment += 1 << 30;
+                        (
+                            plain.add_segment_and_alloc(at, r.segment_size, &r, &c),
+                            parking.add_segment_and_alloc(at, r.segment_size, &r, &c),
+                        )
+                    }
+                };
+                live.push(pair);
+            }
+        }
+        plain
+            .check_invariants(&c)
+            .map_err(proptest::test_runner::TestCaseError::fail)?;
+        parking
+            .check_invariants(&c)
+            .map_err(proptest::test_runner::TestCaseError::fail)?;
+        proptest::prop_assert_eq!(observed(&plain), observed(&parking));
+    }
+    Ok(())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn parked_frees_answer_like_coalescing_at_once(
+        expandable in proptest::prelude::any::<bool>(),
+        ops in proptest::collection::vec((0u8..8, 0u64..1000, proptest::prelude::any::<u16>()), 1..120)
+    ) {
+        run(expandable, ops)?;
+    }
+}
+
+/// The pattern the park is for does park, and taking the block back goes through it.
+#[test]
+fn a_freed_block_is_parked_and_taken_back_by_the_same_request() {
+    let c = cfg();
+    let mut p = StreamPools::parking(0);
+    let first = p.add_segment_and_alloc(0x1000_0000, 2 * MIB, &req(4096), &c);
+    let a = p.try_alloc(&req(4000), &c).unwrap();
+    p.free(a, &c, Tracking::NONE);
+    assert!(p.is_parked());
+    let b = p.try_alloc(&req(4096), &c).unwrap();
+    assert!(!p.is_parked());
+    assert_eq!(p.block_addr(b), p.block_addr(a));
+    assert_eq!(p.block_requested(b), 4096);
+    p.free(b, &c, Tracking::NONE);
+    assert!(p.is_parked());
+    // Another size settles the park first.
+    let d = p.try_alloc(&req(8192), &c).unwrap();
+    assert!(!p.is_parked());
+    assert_eq!(p.block_addr(d), p.block_addr(a));
+    p.free(first, &c, Tracking::NONE);
+    p.free(d, &c, Tracking::NONE);
+    p.settle();
+    assert_eq!(p.free_bytes(), 2 * MIB);
+    p.check_invariants(&c).unwrap();
+}
