@@ -24,8 +24,52 @@ impl Pools {
 }
 
 impl<B: Backend> CachingAllocator<B> {
+    /// Allocate `size` bytes on the stream of `stream_slot`: its block and address.
     #[inline]
     pub(super) fn alloc_block(
+        &self,
+        dev: &Device,
+        stream_slot: &StreamSlot,
+        size: u64,
+        raw: Raw,
+    ) -> Result<(BlockId, u64)> {
+        if let Some(found) = self.alloc_cached(stream_slot, size, raw) {
+            dev.ledger
+                .block_allocated(found.1, size, stream_slot.stream);
+            return Ok(found);
+        }
+        self.alloc_block_full(dev, stream_slot, size, raw)
+    }
+
+    /// The cached fast path alone: a block from the stream's cache when the request is
+    /// valid, the allocator has been used before and no event waits to be processed;
+    /// `None` sends the request down the full path, which checks it, processes events and
+    /// tries the cache again before anything else. It answers an `Option`, not a `Result`:
+    /// returning the (large) error type from the hot path cost a store-forwarding stall on
+    /// every call.
+    #[inline]
+    fn alloc_cached(
+        &self,
+        stream_slot: &StreamSlot,
+        size: u64,
+        raw: Raw,
+    ) -> Option<(BlockId, u64)> {
+        if size == 0 || size > MAX_REQUEST || !self.used.load(Ordering::Relaxed) {
+            return None;
+        }
+        let req = Request::new(size, &self.config);
+        let mut g = stream_slot.lock_hot();
+        if g.has_pending() {
+            return None;
+        }
+        let b = g.try_alloc(&req, &self.config)?;
+        Some(g.handed_out(b, raw))
+    }
+
+    /// Every allocation the cached fast path did not serve: the request checked, events
+    /// processed, the cache tried, then the slow path; the ledger books the outcome.
+    #[inline(never)]
+    fn alloc_block_full(
         &self,
         dev: &Device,
         stream_slot: &StreamSlot,
@@ -44,8 +88,7 @@ impl<B: Backend> CachingAllocator<B> {
         r
     }
 
-    #[inline]
-    pub(super) fn alloc_block_inner(
+    fn alloc_block_inner(
         &self,
         dev: &Device,
         stream_slot: &StreamSlot,

@@ -41,7 +41,7 @@ impl<B: Backend> CachingAllocator<B> {
         let dev = self.dev(device)?;
         if let Some((_, slot)) = stream.and_then(|s| dev.find_slot(s)) {
             let mut g = slot.lock_hot();
-            if let Some(block) = g.raw.remove(&ptr) {
+            if let Some(block) = g.raw.remove(ptr) {
                 return self.free_locked(dev, slot.stream, &mut g, block);
             }
         }
@@ -52,7 +52,7 @@ impl<B: Backend> CachingAllocator<B> {
     fn free_raw_searched(&self, dev: &Device, ptr: u64) -> Result<()> {
         for (_, slot) in dev.indexed_slots() {
             let mut g = slot.lock();
-            if let Some(block) = g.raw.remove(&ptr) {
+            if let Some(block) = g.raw.remove(ptr) {
                 return self.free_locked(dev, slot.stream, &mut g, block);
             }
         }
@@ -69,7 +69,7 @@ impl<B: Backend> CachingAllocator<B> {
     ) -> Option<T> {
         for (_, slot) in dev.indexed_slots() {
             let mut g = slot.lock();
-            if let Some(&block) = g.raw.get(&ptr) {
+            if let Some(block) = g.raw.get(ptr) {
                 return Some(f(&mut g, slot.stream, block));
             }
         }

@@ -182,7 +182,7 @@ impl<B: Backend> CachingAllocator<B> {
             }
             for stream_slot in dev.slots() {
                 let g = stream_slot.lock();
-                for (&ptr, &b) in g.raw.iter() {
+                for (ptr, b) in g.raw.iter() {
                     if g.block_state(b) != Some(BlockState::Allocated) || g.block_addr(b) != ptr {
                         return Err(format!("raw pointer {ptr:#x} maps to a dead block"));
                     }

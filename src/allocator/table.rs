@@ -6,6 +6,7 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, AtomicUsize};
 
+use super::raw_map::RawMap;
 use super::stream_lock::{RawStreamLock, StreamLock};
 use super::*;
 
@@ -55,7 +56,7 @@ impl StreamSlot {
 /// with the plain-data blocks).
 pub(super) struct Pools {
     pub(super) policy: StreamPools,
-    pub(super) raw: FxHashMap<u64, BlockId>,
+    pub(super) raw: RawMap,
 }
 
 impl Deref for Pools {
@@ -160,10 +161,7 @@ impl Device {
                                 // on the first raw malloc: a small table grown then sat
                                 // next to another stream's and two threads on two streams
                                 // contended on it (vs_pytorch's C ABI threads: 1.04x).
-                                raw: FxHashMap::with_capacity_and_hasher(
-                                    RAW_CAPACITY,
-                                    Default::default(),
-                                ),
+                                raw: RawMap::with_capacity(RAW_CAPACITY),
                             }),
                         })
                     });
