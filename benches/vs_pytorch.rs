@@ -28,7 +28,7 @@ use std::ffi::{CString, c_char, c_int, c_void};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::Barrier;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use cudalloc::standin::Standin;
@@ -348,25 +348,49 @@ impl Engine for RustApi {
 
 /// Nanoseconds per pair for `threads` threads each doing `reps` passes on its own stream
 /// (for several threads: wall time over all their pairs, so lower is more throughput).
+///
+/// The threads start together: each spins until all have arrived (a sleeping barrier's
+/// wake-up on this VM could come milliseconds late, and the threads' passes then
+/// overlapped only in part), then reads the clock itself; the span is from the first start
+/// to the last end. (The main thread used to read the clock after a barrier released the
+/// workers: woken late, it found a worker's passes already done, a 3-pass probe measured
+/// almost nothing, and the repetition count made from it turned a 100 ms measurement into
+/// minutes.)
 fn timed(e: &dyn Engine, sizes: &[u64], threads: usize, reps: usize) -> f64 {
-    let barrier = Barrier::new(threads + 1);
-    let elapsed = std::thread::scope(|sc| {
-        for t in 0..threads {
-            let (barrier, stream) = (&barrier, e.stream(t));
-            sc.spawn(move || {
-                barrier.wait();
-                for _ in 0..reps {
-                    e.pass(sizes, stream);
-                }
-                barrier.wait();
-            });
-        }
-        barrier.wait();
-        let t = Instant::now();
-        barrier.wait();
-        t.elapsed()
+    let arrived = AtomicUsize::new(0);
+    let spans: Vec<(Instant, Instant)> = std::thread::scope(|sc| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (arrived, stream) = (&arrived, e.stream(t));
+                sc.spawn(move || {
+                    arrived.fetch_add(1, Ordering::SeqCst);
+                    while arrived.load(Ordering::SeqCst) < threads {
+                        std::hint::spin_loop();
+                    }
+                    let start = Instant::now();
+                    for _ in 0..reps {
+                        e.pass(sizes, stream);
+                    }
+                    (start, Instant::now())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("bench thread"))
+            .collect()
     });
-    elapsed.as_nanos() as f64 / (reps * sizes.len() * threads) as f64
+    let start = spans
+        .iter()
+        .map(|s| s.0)
+        .min()
+        .expect("one thread at least");
+    let end = spans
+        .iter()
+        .map(|s| s.1)
+        .max()
+        .expect("one thread at least");
+    (end - start).as_nanos() as f64 / (reps * sizes.len() * threads) as f64
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
