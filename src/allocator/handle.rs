@@ -2,7 +2,6 @@
 //! dropping is kept for the next call ([`CachingAllocator::take_deferred_error`]), never lost.
 
 use super::*;
-use malloc::Raw;
 
 /// Memory handed out by [`CachingAllocator::malloc`]; returned to the cache on drop.
 pub struct Allocation<'a, B: Backend> {
@@ -103,28 +102,9 @@ impl<B: Backend> CachingAllocator<B> {
         size: u64,
         stream: StreamId,
     ) -> Result<Allocation<'_, B>> {
-        if let Some(dev) = self.devices.get(device)
-            && let Some((slot, stream_slot)) = dev.find_slot(stream)
-            && let Some((block, ptr)) = self.alloc_cached(dev, stream_slot, size, Raw::No)
-        {
-            return Ok(Allocation {
-                alloc: self,
-                device: device as u32,
-                slot,
-                block,
-                ptr,
-                size,
-            });
-        }
-        self.malloc_full(device, size, stream)
-    }
-
-    /// [`CachingAllocator::malloc_on`] past the cached fast path (see `alloc_cached`).
-    #[inline(never)]
-    fn malloc_full(&self, device: usize, size: u64, stream: StreamId) -> Result<Allocation<'_, B>> {
         let dev = self.dev(device)?;
         let (slot, stream_slot) = dev.slot(stream)?;
-        let (block, ptr) = self.alloc_block_full(dev, stream_slot, size, Raw::No)?;
+        let (block, ptr) = self.alloc_block(dev, stream_slot, size, malloc::Raw::No)?;
         Ok(Allocation {
             alloc: self,
             device: device as u32,

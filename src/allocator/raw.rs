@@ -15,21 +15,9 @@ impl<B: Backend> CachingAllocator<B> {
     /// As [`CachingAllocator::malloc_on`].
     #[inline]
     pub fn allocate_raw(&self, device: usize, size: u64, stream: StreamId) -> Result<u64> {
-        if let Some(dev) = self.devices.get(device)
-            && let Some((_, stream_slot)) = dev.find_slot(stream)
-            && let Some((_, ptr)) = self.alloc_cached(dev, stream_slot, size, Raw::Yes)
-        {
-            return Ok(ptr);
-        }
-        self.allocate_raw_full(device, size, stream)
-    }
-
-    /// [`CachingAllocator::allocate_raw`] past the cached fast path (see `alloc_cached`).
-    #[inline(never)]
-    fn allocate_raw_full(&self, device: usize, size: u64, stream: StreamId) -> Result<u64> {
         let dev = self.dev(device)?;
         let (_, stream_slot) = dev.slot(stream)?;
-        let (_, ptr) = self.alloc_block_full(dev, stream_slot, size, Raw::Yes)?;
+        let (_, ptr) = self.alloc_block(dev, stream_slot, size, Raw::Yes)?;
         Ok(ptr)
     }
 
