@@ -42,6 +42,24 @@ impl Stat {
         self.freed += n;
     }
 
+    /// `n` cycles of a decrease followed by the same increase, booked at once: the running
+    /// totals move, `current` does not, and neither does `peak` (each increase only brings
+    /// `current` back to a value it had).
+    #[inline]
+    pub fn cycle(&mut self, n: u64) {
+        let n = n as i64;
+        self.allocated += n;
+        self.freed += n;
+    }
+
+    /// Raise `peak` to `value` if it is below.
+    #[inline]
+    pub fn peak_at_least(&mut self, value: i64) {
+        if value > self.peak {
+            self.peak = value;
+        }
+    }
+
     /// Peak back to current.
     pub fn reset_peak(&mut self) {
         self.peak = self.current;
@@ -80,6 +98,13 @@ pub fn increase(a: &mut StatArray, pool: PoolKind, n: u64) {
 pub fn decrease(a: &mut StatArray, pool: PoolKind, n: u64) {
     a[0].decrease(n);
     a[pool.stat_index()].decrease(n);
+}
+
+/// [`Stat::cycle`] for one pool (and `all`).
+#[inline]
+pub fn cycle(a: &mut StatArray, pool: PoolKind, n: u64) {
+    a[0].cycle(n);
+    a[pool.stat_index()].cycle(n);
 }
 
 fn merge_arrays(a: &StatArray, b: &StatArray) -> StatArray {

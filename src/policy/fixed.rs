@@ -119,6 +119,9 @@ impl StreamPools {
         if let Some(b) = self.retake(req, cfg) {
             return Some(b);
         }
+        // The last take ends here (no park is left): its cycles are booked before
+        // anything moves.
+        self.settle();
         self.lookups[req.pool.idx()] += 1;
         let b = if (self.expandable[0].is_some() || self.expandable[1].is_some())
             && let Some((i, at)) = self.find_free_paged(req)
@@ -130,7 +133,8 @@ impl StreamPools {
             self.remove_free(i);
             self.take_block(i, req, cfg, req.pool)
         };
-        self.remember_take(b.0, req.rounded);
+        let oversize = self.blocks[b.0 as usize].size >= cfg.max_split_size;
+        self.remember_take(b.0, req.rounded, oversize);
         Some(b)
     }
 

@@ -8,8 +8,8 @@ impl StreamPools {
     /// Check every invariant of the pools; `Err` says which one broke. Costs a full scan:
     /// for tests and debugging.
     pub fn check_invariants(&self, cfg: &Config) -> Result<(), String> {
-        if self.is_parked() {
-            // A park is coalescing put off: the invariants hold of the pools it stands for.
+        if self.is_unsettled() {
+            // A park is coalescing put off, unbooked cycles statistics put off: the invariants hold of the pools it stands for.
             let mut settled = self.clone();
             settled.settle();
             return settled.check_invariants(cfg);

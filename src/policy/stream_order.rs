@@ -89,6 +89,10 @@ impl StreamPools {
     /// otherwise, and is never reused when some stream's work could not be tracked at all.
     pub fn free(&mut self, id: BlockId, cfg: &Config, tracking: Tracking<'_>) -> FreeOutcome {
         let i = id.0;
+        // The last take, freed with nothing to wait for: parked, booked later (`retake`).
+        if tracking.events.is_empty() && !tracking.untracked && self.park_unbooked(i) {
+            return FreeOutcome::Cached;
+        }
         let pool = self.block_pool(id);
         let b = &mut self.blocks[i as usize];
         debug_assert_eq!(b.state, BlockState::Allocated);
