@@ -4,8 +4,12 @@
 //!
 //! ```text
 //! cargo build --release --example pairs
-//! perf record -g target/release/examples/pairs [small|large] [--raw] [--conf CONF] [--threads N] [--size BYTES]
+//! perf record -g target/release/examples/pairs [small|large] [--raw] [--conf CONF] [--threads N] [--size BYTES] [--pairs N]
+//! valgrind --tool=callgrind target/release/examples/pairs small --pairs 1000000
 //! ```
+//!
+//! `--pairs` sets how many pairs are timed (20 million by default); instruction counts
+//! under callgrind do not move with the machine's speed, as timings here do.
 //!
 //! With `--size`, every pair is of that one size instead of the mix (the best case of
 //! the parked free: each request takes the block just freed straight back).
@@ -75,7 +79,12 @@ fn main() {
     for &s in &streams {
         pass(s);
     }
-    let reps = 20_000_000 / sizes.len() / threads;
+    let total: usize = args
+        .iter()
+        .position(|a| a == "--pairs")
+        .and_then(|i| args.get(i + 1))
+        .map_or(20_000_000, |n| n.parse().expect("a pair count"));
+    let reps = (total / sizes.len() / threads).max(1);
     let t = Instant::now();
     std::thread::scope(|sc| {
         for &s in &streams {

@@ -12,14 +12,18 @@
 
 use super::{MIN_BLOCK_SIZE, NIL, SMALL_BUFFER};
 
-const CLASSES: usize = (SMALL_BUFFER / MIN_BLOCK_SIZE) as usize + 1;
+/// Classes 512 B, 1024 B, ... up to a small segment's 2 MiB (and everything above it):
+/// 4096 of them, so 64 words of bits and one 64-bit summary word over them (a `u128`
+/// summary cost about 13 instructions on each list that emptied or filled).
+const CLASSES: usize = (SMALL_BUFFER / MIN_BLOCK_SIZE) as usize;
 const WORDS: usize = CLASSES.div_ceil(64);
+const _: () = assert!(WORDS <= 64, "the summary is one u64");
 
 #[derive(Debug, Clone)]
 pub(super) struct SmallBins {
     heads: Box<[u32; CLASSES]>,
     words: [u64; WORDS],
-    summary: u128,
+    summary: u64,
     /// (prev, next, size, address) in its size list, per block id.
     links: Vec<(u32, u32, u64, u64)>,
     len: usize,
@@ -28,7 +32,9 @@ pub(super) struct SmallBins {
 #[inline]
 fn class(size: u64) -> usize {
     debug_assert!(size.is_multiple_of(MIN_BLOCK_SIZE));
-    ((size / MIN_BLOCK_SIZE) as usize).min(CLASSES - 1)
+    ((size / MIN_BLOCK_SIZE) as usize)
+        .saturating_sub(1)
+        .min(CLASSES - 1)
 }
 
 impl SmallBins {
@@ -119,7 +125,7 @@ impl SmallBins {
         if self.summary == 0 {
             return None;
         }
-        let w = 127 - self.summary.leading_zeros() as usize;
+        let w = 63 - self.summary.leading_zeros() as usize;
         let c = w * 64 + 63 - self.words[w].leading_zeros() as usize;
         if c == CLASSES - 1 {
             // The last list holds every size from a segment's up: look at them.
@@ -132,7 +138,7 @@ impl SmallBins {
             }
             return Some(max);
         }
-        Some(c as u64 * MIN_BLOCK_SIZE)
+        Some((c as u64 + 1) * MIN_BLOCK_SIZE)
     }
 
     /// Free block ids of at least `size` bytes, smallest size first (the most recently
@@ -163,10 +169,10 @@ impl SmallBins {
         if bits != 0 {
             return Some(w * 64 + bits.trailing_zeros() as usize);
         }
-        let higher = if w + 1 >= 128 {
+        let higher = if w + 1 >= 64 {
             0
         } else {
-            self.summary & (!0u128 << (w + 1))
+            self.summary & (!0u64 << (w + 1))
         };
         if higher == 0 {
             return None;
