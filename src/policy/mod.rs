@@ -16,7 +16,8 @@
 //! plans), `stream_order` (the free protocol: cached, pending on events, quarantined),
 //! `release` (empty_cache and garbage collection), `report` (segments and free figures for
 //! snapshots and summaries), `retake` (a freed block parked and taken straight back by the
-//! same request), `invariants` (the checker the tests call). This module holds
+//! same request), `recut` (the parked block's free space cut again for another size where
+//! the placement is forced), `invariants` (the checker the tests call). This module holds
 //! [`StreamPools`] itself; it must not call the driver or hold a pointer.
 
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ mod expandable;
 mod fixed;
 mod free_index;
 mod invariants;
+mod recut;
 mod release;
 mod report;
 mod retake;

@@ -206,7 +206,7 @@ impl StreamPools {
     }
 
     /// Book the free a park put off: what [`StreamPools::free`] and `return_block` book.
-    fn book_deferred_free(&mut self, i: u32) {
+    pub(super) fn book_deferred_free(&mut self, i: u32) {
         let pool = self.last_take.pool;
         let oversize = self.last_take.oversize;
         let b = &mut self.blocks[i as usize];
@@ -290,7 +290,8 @@ impl StreamPools {
     }
 
     /// Serve `req` by taking the parked block back, if it is parked and `req` has its
-    /// rounded size; otherwise settle the park (if any) and answer `None`. Counts the
+    /// rounded size, or by cutting its free space again where that placement is forced
+    /// (`recut`); otherwise settle the park (if any) and answer `None`. Counts the
     /// lookup on a take, as [`StreamPools::try_alloc`] does.
     #[inline]
     pub(super) fn retake(&mut self, req: &Request, cfg: &Config) -> Option<BlockId> {
@@ -298,6 +299,9 @@ impl StreamPools {
             return None;
         }
         if self.last_take.rounded != req.rounded {
+            if let Some(b) = self.recut(req, cfg) {
+                return Some(b);
+            }
             self.settle_parked();
             return None;
         }

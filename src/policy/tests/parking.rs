@@ -38,7 +38,8 @@ type Step = Result<(), proptest::test_runner::TestCaseError>;
 /// Ops: (0, _, pick) frees a live block; (1, _, pick) frees one used on another stream
 /// (it waits on an event); (2, ..) completes the oldest event; (3, ..) releases what is
 /// wholly free; (4, ..) repeats the last request; (5, ..) resets the peaks (so that the
-/// peaks a parked free and its retake pass through can show); anything else allocates `units` × 512
+/// peaks a parked free and its retake pass through can show); (6, ..) frees the newest
+/// live block (the pattern parks and recuts are for); anything else allocates `units` × 512
 /// bytes from one of a few sizes, so that requests repeat.
 fn run(expandable: bool, ops: Vec<(u8, u64, u16)>) -> Step {
     let c = Config {
@@ -53,17 +54,34 @@ fn run(expandable: bool, ops: Vec<(u8, u64, u16)>) -> Step {
             p.add_expandable_segment(1 << 41, 1 << 30, PoolKind::Large, G);
         }
     }
-    let sizes = [512, 3 * 512, 4096, 70_000, MIB, 3 * MIB + 512, 12 * MIB];
+    // Sizes around the pools' and the pages' edges too, so that a recut meets free space
+    // too small, remainders under 512 bytes and requests of whole pages.
+    let sizes = [
+        512,
+        3 * 512,
+        4096,
+        70_000,
+        MIB - 512,
+        MIB,
+        G - 512,
+        G,
+        3 * MIB + 512,
+        12 * MIB,
+    ];
     let mut live: Vec<(BlockId, BlockId)> = Vec::new();
     let mut next_segment = 1u64 << 36;
     let mut next_event = 0;
     let mut last = sizes[0];
     for (kind, units, pick) in ops {
         match kind {
-            0 | 1 if !live.is_empty() => {
-                let (x, y) = live.swap_remove(pick as usize % live.len());
+            0 | 1 | 6 if !live.is_empty() => {
+                let (x, y) = if kind == 6 {
+                    live.pop().expect("not empty")
+                } else {
+                    live.swap_remove(pick as usize % live.len())
+                };
                 let events = [next_event];
-                let tracking = if kind == 0 {
+                let tracking = if kind != 1 {
                     Tracking::NONE
                 } else {
                     next_event += 1;
@@ -160,8 +178,32 @@ proptest::proptest! {
     #[test]
     fn parked_frees_answer_like_coalescing_at_once(
         expandable in proptest::prelude::any::<bool>(),
-        ops in proptest::collection::vec((0u8..9, 0u64..1000, proptest::prelude::any::<u16>()), 1..120)
+        ops in proptest::collection::vec((0u8..10, 0u64..1000, proptest::prelude::any::<u16>()), 1..120)
     ) {
+        run(expandable, ops)?;
+    }
+
+    /// Mostly malloc+free pairs of varying sizes (the hot path's pattern, where a park
+    /// is taken back or its space recut), with some blocks kept, frees of older blocks,
+    /// peak resets and releases in between.
+    #[test]
+    fn pairs_of_varying_sizes_answer_like_coalescing_at_once(
+        expandable in proptest::prelude::any::<bool>(),
+        steps in proptest::collection::vec((0u8..16, 0u64..1000, proptest::prelude::any::<u16>()), 1..150)
+    ) {
+        let mut ops = Vec::new();
+        for (k, units, pick) in steps {
+            match k {
+                // Allocate and free at once.
+                0..=10 => ops.extend([(9, units, pick), (6, 0, 0)]),
+                // Allocate and keep.
+                11 | 12 => ops.push((9, units, pick)),
+                // Free an older block, reset the peaks, release.
+                13 => ops.push((0, units, pick)),
+                14 => ops.push((5, units, pick)),
+                _ => ops.push((3, units, pick)),
+            }
+        }
         run(expandable, ops)?;
     }
 }
@@ -238,4 +280,23 @@ fn cycles_book_the_peaks_coalescing_passes_through() {
             assert!(st.inactive_split[0].peak > st.inactive_split[0].current);
         }
     }
+}
+
+/// A recut is refused when the pool holds other free space: here a free page that the
+/// full path's placement prefers (it is the smaller block) for a request of another size
+/// than the parked block's.
+#[test]
+fn a_recut_leaves_a_better_placement_elsewhere_to_the_full_path() {
+    // Sizes by index into `run`'s table: 27 is G, 48 is 3 MiB + 512, 36 is G - 512.
+    let ops = vec![
+        (9, 27, 0), // a page
+        (9, 27, 0), // another
+        (9, 48, 0), // two pages, mostly used
+        (0, 0, 0),  // the first page freed: a free whole page (the last block moves first)
+        (0, 0, 0),  // the two pages freed: free whole pages after the second page
+        (9, 48, 0), // taken again from the two pages (the single page is too small)
+        (6, 0, 0),  // freed: parked
+        (9, 36, 0), // another size: the single free page is the better placement
+    ];
+    run(true, ops).unwrap();
 }
