@@ -52,6 +52,19 @@ impl Stat {
         self.freed += n;
     }
 
+    /// A decrease by `old` followed by an increase by `new`, booked in one step (the same
+    /// totals, `current` and `peak` as the two).
+    #[inline]
+    pub fn swap(&mut self, old: u64, new: u64) {
+        let (old, new) = (old as i64, new as i64);
+        self.current += new - old;
+        self.allocated += new;
+        self.freed += old;
+        if self.current > self.peak {
+            self.peak = self.current;
+        }
+    }
+
     /// Raise `peak` to `value` if it is below.
     #[inline]
     pub fn peak_at_least(&mut self, value: i64) {
@@ -105,6 +118,13 @@ pub fn decrease(a: &mut StatArray, pool: PoolKind, n: u64) {
 pub fn cycle(a: &mut StatArray, pool: PoolKind, n: u64) {
     a[0].cycle(n);
     a[pool.stat_index()].cycle(n);
+}
+
+/// [`Stat::swap`] for one pool (and `all`).
+#[inline]
+pub fn swap(a: &mut StatArray, pool: PoolKind, old: u64, new: u64) {
+    a[0].swap(old, new);
+    a[pool.stat_index()].swap(old, new);
 }
 
 fn merge_arrays(a: &StatArray, b: &StatArray) -> StatArray {

@@ -60,11 +60,9 @@ impl StreamPools {
             self.partial_free[pool.idx()],
             u32::from(self.is_partial(t.rest))
         );
-        // The settle: the put-off free and the cycles booked, the piece out of the index
-        // (the whole never enters it: the placement takes it straight out again).
-        if t.deferred {
-            self.book_deferred_free(t.block);
-        }
+        // The settle: the cycles booked, the piece out of the index (the whole never
+        // enters it: the placement takes it straight out again). The put-off free, if
+        // any, is booked with the take below.
         self.book_cycles();
         self.last_take.parked = false;
         self.last_take.deferred = false;
@@ -83,9 +81,43 @@ impl StreamPools {
         } else {
             self.merge_next(i);
         }
-        let b = self.hand_out(i, req, cfg, pool);
+        let b = if t.deferred {
+            self.free_and_hand_out(i, p.size, t.oversize, req, cfg, pool)
+        } else {
+            self.hand_out(i, req, cfg, pool)
+        };
         let oversize = self.blocks[i as usize].size >= cfg.max_split_size;
         self.remember_take(i, r, oversize);
         Some(b)
+    }
+
+    /// Book the put-off free of block `i` (of `old` size before the recut, `oversize` then)
+    /// and hand it out again for `req` at its new size: what `book_deferred_free` and
+    /// [`Self::hand_out`] book one after the other, in one step per statistic.
+    fn free_and_hand_out(
+        &mut self,
+        i: u32,
+        old: u64,
+        was_oversize: bool,
+        req: &Request,
+        cfg: &Config,
+        pool: PoolKind,
+    ) -> BlockId {
+        let b = &mut self.blocks[i as usize];
+        b.state = BlockState::Allocated;
+        let (size, old_req) = (b.size, std::mem::replace(&mut b.requested, req.requested));
+        let st = &mut self.stats;
+        stats::cycle(&mut st.allocation, pool, 1);
+        stats::swap(&mut st.allocated_bytes, pool, old, size);
+        stats::cycle(&mut st.active, pool, 1);
+        stats::swap(&mut st.active_bytes, pool, old, size);
+        stats::swap(&mut st.requested_bytes, pool, old_req, req.requested);
+        match (was_oversize, size >= cfg.max_split_size) {
+            (true, false) => st.oversize_allocations.decrease(1),
+            (false, true) => st.oversize_allocations.increase(1),
+            (true, true) => st.oversize_allocations.cycle(1),
+            (false, false) => {}
+        }
+        BlockId(i)
     }
 }

@@ -339,9 +339,7 @@ impl StreamPools {
         let b = &mut self.blocks[t.block as usize];
         b.state = BlockState::Allocated;
         let old = std::mem::replace(&mut b.requested, req.requested);
-        let r = &mut self.stats.requested_bytes;
-        stats::decrease(r, t.pool, old);
-        stats::increase(r, t.pool, req.requested);
+        stats::swap(&mut self.stats.requested_bytes, t.pool, old, req.requested);
         BlockId(t.block)
     }
 

@@ -41,11 +41,17 @@ type Step = Result<(), proptest::test_runner::TestCaseError>;
 /// peaks a parked free and its retake pass through can show); (6, ..) frees the newest
 /// live block (the pattern parks and recuts are for); anything else allocates `units` × 512
 /// bytes from one of a few sizes, so that requests repeat.
-fn run(expandable: bool, ops: Vec<(u8, u64, u16)>) -> Step {
-    let c = Config {
+/// `max_split`: with `max_split_size_mb:20`, so that the largest size is oversize.
+fn run(expandable: bool, max_split: bool, ops: Vec<(u8, u64, u16)>) -> Step {
+    let mut c = Config {
         expandable_segments: expandable,
         ..Config::default()
     };
+    if max_split {
+        c = c
+            .with_max_split_size_mb(20)
+            .expect("a valid max_split_size");
+    }
     let mut plain = StreamPools::new(0);
     let mut parking = StreamPools::parking(0);
     if expandable {
@@ -66,7 +72,7 @@ fn run(expandable: bool, ops: Vec<(u8, u64, u16)>) -> Step {
         G - 512,
         G,
         3 * MIB + 512,
-        12 * MIB,
+        24 * MIB,
     ];
     let mut live: Vec<(BlockId, BlockId)> = Vec::new();
     let mut next_segment = 1u64 << 36;
@@ -178,9 +184,10 @@ proptest::proptest! {
     #[test]
     fn parked_frees_answer_like_coalescing_at_once(
         expandable in proptest::prelude::any::<bool>(),
+        max_split in proptest::prelude::any::<bool>(),
         ops in proptest::collection::vec((0u8..10, 0u64..1000, proptest::prelude::any::<u16>()), 1..120)
     ) {
-        run(expandable, ops)?;
+        run(expandable, max_split, ops)?;
     }
 
     /// Mostly malloc+free pairs of varying sizes (the hot path's pattern, where a park
@@ -189,6 +196,7 @@ proptest::proptest! {
     #[test]
     fn pairs_of_varying_sizes_answer_like_coalescing_at_once(
         expandable in proptest::prelude::any::<bool>(),
+        max_split in proptest::prelude::any::<bool>(),
         steps in proptest::collection::vec((0u8..16, 0u64..1000, proptest::prelude::any::<u16>()), 1..150)
     ) {
         let mut ops = Vec::new();
@@ -204,7 +212,7 @@ proptest::proptest! {
                 _ => ops.push((3, units, pick)),
             }
         }
-        run(expandable, ops)?;
+        run(expandable, max_split, ops)?;
     }
 }
 
@@ -298,5 +306,22 @@ fn a_recut_leaves_a_better_placement_elsewhere_to_the_full_path() {
         (6, 0, 0),  // freed: parked
         (9, 36, 0), // another size: the single free page is the better placement
     ];
-    run(true, ops).unwrap();
+    run(true, false, ops).unwrap();
+}
+
+/// Recuts between two oversize sizes (with `max_split_size_mb:20`) book the oversize
+/// statistics as the full path does.
+#[test]
+fn recuts_between_oversize_blocks_book_them_as_the_full_path_does() {
+    // Sizes by index into `run`'s table: 19 is 24 MiB + 100, 39 is 24 MiB.
+    let ops = vec![
+        (9, 19, 0),
+        (6, 0, 0),
+        (9, 39, 0),
+        (6, 0, 0),
+        (9, 19, 0),
+        (6, 0, 0),
+        (9, 39, 0),
+    ];
+    run(true, true, ops).unwrap();
 }
