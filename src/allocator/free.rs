@@ -11,7 +11,10 @@ impl<B: Backend> CachingAllocator<B> {
         self.free_locked(dev, stream_slot.stream, &mut g, block)
     }
 
-    /// Free `block` of the stream whose pools `g` are (locked by the caller).
+    /// Free `block` of the stream whose pools `g` are (locked by the caller). Inlined into
+    /// the cached free: a block no other stream used is back in the cache here; one that
+    /// others used goes through [`Self::free_tracked`].
+    #[inline]
     pub(super) fn free_locked(
         &self,
         dev: &Device,
@@ -21,12 +24,26 @@ impl<B: Backend> CachingAllocator<B> {
     ) -> Result<()> {
         let (addr, size) = (g.block_addr(block), g.block_requested(block));
         dev.ledger.free_requested(addr, size, stream);
-        let n = g.stream_uses(block).len();
-        if n == 0 {
+        if g.stream_uses(block).is_empty() {
             g.free(block, &self.config, Tracking::NONE);
             dev.ledger.block_freed(addr, size, stream);
             return Ok(());
         }
+        self.free_tracked(dev, stream, g, block, addr, size)
+    }
+
+    /// [`Self::free_locked`] of a block other streams used: an event recorded on each.
+    #[inline(never)]
+    fn free_tracked(
+        &self,
+        dev: &Device,
+        stream: StreamId,
+        g: &mut StreamPools,
+        block: BlockId,
+        addr: u64,
+        size: u64,
+    ) -> Result<()> {
+        let n = g.stream_uses(block).len();
         let mut events = Vec::with_capacity(n);
         let mut failed = None;
         for &s in g.stream_uses(block) {

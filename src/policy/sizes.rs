@@ -41,6 +41,7 @@ fn roundup_power2_next_division(size: u64, divisions: u64) -> u64 {
 }
 
 /// The block size a request of `size` bytes takes (PyTorch's `round_size`).
+#[inline]
 pub fn round_size(size: u64, cfg: &Config) -> u64 {
     if size < MIN_BLOCK_SIZE {
         return MIN_BLOCK_SIZE;
@@ -89,6 +90,7 @@ pub struct Request {
 
 impl Request {
     /// Derive a request from a caller's size (must be > 0).
+    #[inline]
     pub fn new(size: u64, cfg: &Config) -> Request {
         let rounded = round_size(size, cfg);
         Request {

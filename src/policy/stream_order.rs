@@ -87,12 +87,19 @@ impl StreamPools {
     /// other streams that used it ([`StreamPools::stream_uses`]) is followed. The block is
     /// back in the cache at once when nothing is to be waited for, waits for the events
     /// otherwise, and is never reused when some stream's work could not be tracked at all.
+    #[inline]
     pub fn free(&mut self, id: BlockId, cfg: &Config, tracking: Tracking<'_>) -> FreeOutcome {
-        let i = id.0;
         // The last take, freed with nothing to wait for: parked, booked later (`retake`).
-        if tracking.events.is_empty() && !tracking.untracked && self.park_unbooked(i) {
+        if tracking.events.is_empty() && !tracking.untracked && self.park_unbooked(id.0) {
             return FreeOutcome::Cached;
         }
+        self.free_unparked(id, cfg, tracking)
+    }
+
+    /// [`StreamPools::free`] of a block that does not park at once.
+    #[inline(never)]
+    fn free_unparked(&mut self, id: BlockId, cfg: &Config, tracking: Tracking<'_>) -> FreeOutcome {
+        let i = id.0;
         let pool = self.block_pool(id);
         let b = &mut self.blocks[i as usize];
         debug_assert_eq!(b.state, BlockState::Allocated);
