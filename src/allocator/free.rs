@@ -4,9 +4,13 @@
 use super::*;
 
 impl<B: Backend> CachingAllocator<B> {
-    pub(super) fn free_block(&self, device: usize, slot: u32, block: BlockId) -> Result<()> {
+    pub(super) fn free_block(
+        &self,
+        device: usize,
+        stream_slot: &StreamSlot,
+        block: BlockId,
+    ) -> Result<()> {
         let dev = &self.devices[device];
-        let stream_slot = dev.slot_at(slot);
         let mut g = stream_slot.lock_hot();
         self.free_locked(dev, stream_slot.stream, &mut g, block)
     }

@@ -7,7 +7,8 @@ use super::*;
 pub struct Allocation<'a, B: Backend> {
     alloc: &'a CachingAllocator<B>,
     device: u32,
-    slot: u32,
+    /// The stream's slot itself, not its index: the free goes straight to its lock.
+    stream_slot: &'a StreamSlot,
     block: BlockId,
     ptr: u64,
     size: u64,
@@ -43,16 +44,13 @@ impl<B: Backend> Allocation<'_, B> {
 
     /// Stream the allocation belongs to.
     pub fn stream(&self) -> StreamId {
-        self.alloc.devices[self.device as usize]
-            .slot_at(self.slot)
-            .stream
+        self.stream_slot.stream
     }
 
     /// Mark use on another stream: on free, the block waits for the work queued on
     /// `stream` so far before it is reused.
     pub fn record_stream(&self, stream: StreamId) {
-        let dev = &self.alloc.devices[self.device as usize];
-        dev.slot_at(self.slot)
+        self.stream_slot
             .lock_hot()
             .record_stream(self.block, stream);
     }
@@ -65,7 +63,7 @@ impl<B: Backend> Allocation<'_, B> {
     pub fn free(self) -> Result<()> {
         let this = std::mem::ManuallyDrop::new(self);
         this.alloc
-            .free_block(this.device as usize, this.slot, this.block)
+            .free_block(this.device as usize, this.stream_slot, this.block)
     }
 }
 
@@ -73,7 +71,7 @@ impl<B: Backend> Drop for Allocation<'_, B> {
     fn drop(&mut self) {
         if let Err(e) = self
             .alloc
-            .free_block(self.device as usize, self.slot, self.block)
+            .free_block(self.device as usize, self.stream_slot, self.block)
         {
             *self.alloc.deferred.lock() = Some(e);
         }
@@ -103,12 +101,12 @@ impl<B: Backend> CachingAllocator<B> {
         stream: StreamId,
     ) -> Result<Allocation<'_, B>> {
         let dev = self.dev(device)?;
-        let (slot, stream_slot) = dev.slot(stream)?;
+        let (_, stream_slot) = dev.slot(stream)?;
         let (block, ptr) = self.alloc_block(dev, stream_slot, size, malloc::Raw::No)?;
         Ok(Allocation {
             alloc: self,
             device: device as u32,
-            slot,
+            stream_slot,
             block,
             ptr,
             size,
