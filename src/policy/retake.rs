@@ -207,20 +207,9 @@ impl StreamPools {
 
     /// Book the free a park put off: what [`StreamPools::free`] and `return_block` book.
     pub(super) fn book_deferred_free(&mut self, i: u32) {
-        let pool = self.last_take.pool;
-        let oversize = self.last_take.oversize;
-        let b = &mut self.blocks[i as usize];
-        let (size, req) = (b.size, b.requested);
-        b.requested = 0;
-        let st = &mut self.stats;
-        stats::decrease(&mut st.allocation, pool, 1);
-        stats::decrease(&mut st.allocated_bytes, pool, size);
-        if oversize {
-            st.oversize_allocations.decrease(1);
-        }
-        stats::decrease(&mut st.active, pool, 1);
-        stats::decrease(&mut st.active_bytes, pool, size);
-        stats::decrease(&mut st.requested_bytes, pool, req);
+        let (pool, oversize) = (self.last_take.pool, self.last_take.oversize);
+        self.book_caller_free(pool, self.blocks[i as usize].size, oversize);
+        self.book_return(i, pool);
     }
 
     /// Book the statistics of the take's unbooked cycles: each is a free of the block (its

@@ -110,12 +110,7 @@ impl StreamPools {
             self.uses[u as usize].clear();
             self.spare_uses.push(u);
         }
-        let st = &mut self.stats;
-        stats::decrease(&mut st.allocation, pool, 1);
-        stats::decrease(&mut st.allocated_bytes, pool, size);
-        if size >= cfg.max_split_size {
-            st.oversize_allocations.decrease(1);
-        }
+        self.book_caller_free(pool, size, size >= cfg.max_split_size);
         if tracking.events.is_empty() && !tracking.untracked {
             self.return_block(i);
             return FreeOutcome::Cached;
@@ -177,20 +172,35 @@ impl StreamPools {
     /// (see `retake`).
     pub(super) fn return_block(&mut self, i: u32) {
         let pool = self.segments[self.blocks[i as usize].seg as usize].pool;
-        {
-            let b = &mut self.blocks[i as usize];
-            let (size, req) = (b.size, b.requested);
-            b.requested = 0;
-            let st = &mut self.stats;
-            stats::decrease(&mut st.active, pool, 1);
-            stats::decrease(&mut st.active_bytes, pool, size);
-            stats::decrease(&mut st.requested_bytes, pool, req);
-        }
+        self.book_return(i, pool);
         if self.park(i) {
             return;
         }
         self.settle();
         self.coalesce(i);
+    }
+
+    /// What the caller's free of a block of `size` bytes in `pool` books: it is no longer
+    /// allocated (it may still be active, waiting on events).
+    pub(super) fn book_caller_free(&mut self, pool: PoolKind, size: u64, oversize: bool) {
+        let st = &mut self.stats;
+        stats::decrease(&mut st.allocation, pool, 1);
+        stats::decrease(&mut st.allocated_bytes, pool, size);
+        if oversize {
+            st.oversize_allocations.decrease(1);
+        }
+    }
+
+    /// What block `i`'s return to the cache books: it is no longer active, and the bytes
+    /// its caller asked for go.
+    pub(super) fn book_return(&mut self, i: u32, pool: PoolKind) {
+        let b = &mut self.blocks[i as usize];
+        let (size, req) = (b.size, b.requested);
+        b.requested = 0;
+        let st = &mut self.stats;
+        stats::decrease(&mut st.active, pool, 1);
+        stats::decrease(&mut st.active_bytes, pool, size);
+        stats::decrease(&mut st.requested_bytes, pool, req);
     }
 
     /// Returned block `i` (its statistics booked): coalesce it with its free neighbours and
