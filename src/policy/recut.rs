@@ -15,6 +15,11 @@
 //! pools end up exactly as the full path leaves them — same blocks (ids included), free
 //! index, GC ages, lookup count and statistics.
 //!
+//! In fixed segments (with no expandable segment on the stream) best fit is forced the same
+//! way when the whole is the pool's only free block and the `max_split_size` rules let the
+//! request take it; there the merge and the split are kept (they book `inactive_split`) and
+//! only the whole's insertion into the free index and its removal are saved.
+//!
 //! This file must not choose placements: it serves only requests whose placement is forced
 //! as above and sends every other one down the full path.
 
@@ -33,13 +38,16 @@ impl StreamPools {
             return None;
         }
         let (p, rest) = (self.blocks[t.block as usize], self.blocks[t.rest as usize]);
-        if !self.segments[p.seg as usize].expandable || self.expandable[pool.idx()] != Some(p.seg) {
-            return None;
-        }
         let only_piece = match pool {
             PoolKind::Small => self.small.len() == 1,
             PoolKind::Large => self.large.len() == 1,
         };
+        if !self.segments[p.seg as usize].expandable {
+            return self.recut_fixed(req, cfg, only_piece);
+        }
+        if self.expandable[pool.idx()] != Some(p.seg) {
+            return None;
+        }
         let (start, end) = (p.addr, rest.addr + rest.size);
         let mask = self.granularity - 1;
         let r = req.rounded;
@@ -86,6 +94,48 @@ impl StreamPools {
         } else {
             self.hand_out(i, req, cfg, pool)
         };
+        let oversize = self.blocks[i as usize].size >= cfg.max_split_size;
+        self.remember_take(i, r, oversize);
+        Some(b)
+    }
+
+    /// [`Self::recut`] in fixed segments, with no expandable segment on the stream (the
+    /// full path then places by best fit alone, [`Self::find_free_fixed`]): the whole is
+    /// the pool's only free block, so best fit takes it if it fits (the `max_split_size`
+    /// rules let it, see below). Done as the full path does it, in the same order —
+    /// the settle's merge and `inactive_split` bookings, the lookup, the take — less the
+    /// whole's insertion into the free index and its removal from it.
+    fn recut_fixed(&mut self, req: &Request, cfg: &Config, only_piece: bool) -> Option<BlockId> {
+        let t = self.last_take;
+        let r = req.rounded;
+        let whole = self.blocks[t.block as usize].size + self.blocks[t.rest as usize].size;
+        if !only_piece || self.expandable != [None, None] || whole < r {
+            return None;
+        }
+        // The `max_split_size` rules of best fit pass: the take that cut the block from
+        // the whole passed them, and split it, so its request was below `max_split_size`
+        // (oversize takes are not split) and the whole is too; a request of at least
+        // `max_split_size` would not fit it.
+        debug_assert!(
+            whole < cfg.max_split_size && r < cfg.max_split_size,
+            "a split take from an oversize block"
+        );
+        let i = t.block;
+        if t.deferred {
+            self.book_deferred_free(i);
+        }
+        self.book_cycles();
+        self.last_take.parked = false;
+        self.last_take.deferred = false;
+        // The settle's coalescing (`merge_mapped_free`, then `coalesce`): the piece out,
+        // merged, the whole booked as a free block.
+        self.inactive_split_account(t.rest, false);
+        self.remove_free(t.rest);
+        self.merge_next(i);
+        self.inactive_split_account(i, true);
+        // The placement's lookup and the take, of the whole, out of no index.
+        self.lookups[req.pool.idx()] += 1;
+        let b = self.take_block(i, req, cfg, req.pool);
         let oversize = self.blocks[i as usize].size >= cfg.max_split_size;
         self.remember_take(i, r, oversize);
         Some(b)

@@ -325,3 +325,42 @@ fn recuts_between_oversize_blocks_book_them_as_the_full_path_does() {
     ];
     run(true, true, ops).unwrap();
 }
+
+/// A park in a fixed segment is not recut while the stream has expandable segments: the
+/// full path then looks there first, and a small request may fit at no new page in a
+/// partial free block of the large pool's segment that the take's larger request did not
+/// fit in.
+#[test]
+fn a_park_in_a_fixed_segment_beside_expandable_ones_takes_the_full_path() {
+    let c = Config {
+        expandable_segments: true,
+        ..Config::default()
+    };
+    let mut plain = StreamPools::new(0);
+    let mut parking = StreamPools::parking(0);
+    let mut addrs = Vec::new();
+    for p in [&mut plain, &mut parking] {
+        p.add_expandable_segment(1 << 40, 1 << 30, PoolKind::Small, G);
+        p.add_expandable_segment(1 << 41, 1 << 30, PoolKind::Large, G);
+        // Two pages mapped in the large pool, most of the second used: a partial free
+        // block of about 1 MiB after it.
+        let big = Request::new(3 * MIB + 512, &c);
+        let plan = p.plan_map(&big, G).unwrap();
+        p.commit_map(plan, &big, &c);
+        // A fixed small segment, wholly free, then a 1 MiB take from it (the partial
+        // block is too small for it): the take is remembered, the rest stays free.
+        let x = p.add_segment_and_alloc(1 << 36, 2 * MIB, &req(MIB), &c);
+        p.free(x, &c, Tracking::NONE);
+        p.settle();
+        let a = p.try_alloc(&req(MIB), &c).unwrap();
+        assert_eq!(p.block_addr(a), 1 << 36);
+        p.free(a, &c, Tracking::NONE);
+        // A small request: it fits the large pool's partial block at no new page.
+        let b = p.try_alloc(&req(4096), &c).unwrap();
+        addrs.push(p.block_addr(b));
+    }
+    assert_eq!(addrs[0], addrs[1]);
+    assert!(addrs[0] > 1 << 41, "placed in the large pool's segment");
+    parking.settle();
+    assert_eq!(plain.stats(), parking.stats());
+}
