@@ -16,9 +16,10 @@
 //! index, GC ages, lookup count and statistics.
 //!
 //! In fixed segments (with no expandable segment on the stream) best fit is forced the same
-//! way when the whole is the pool's only free block and the `max_split_size` rules let the
-//! request take it; there the merge and the split are kept (they book `inactive_split`) and
-//! only the whole's insertion into the free index and its removal are saved.
+//! way when the whole is the pool's only free block and the request fits it (the
+//! `max_split_size` rules then always let it: see `recut_fixed`); there the merge and the
+//! split are kept, with their `inactive_split` bookings, and only the whole's insertion
+//! into the free index and its removal are saved.
 //!
 //! This file must not choose placements: it serves only requests whose placement is forced
 //! as above and sends every other one down the full path.
