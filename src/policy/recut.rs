@@ -72,9 +72,7 @@ impl StreamPools {
         // The settle: the cycles booked, the piece out of the index (the whole never
         // enters it: the placement takes it straight out again). The put-off free, if
         // any, is booked with the take below.
-        self.book_cycles();
-        self.last_take.parked = false;
-        self.last_take.deferred = false;
+        self.unpark(false);
         self.remove_free(t.rest);
         // The placement's lookup, then the take: the whole from its start, the remainder
         // left free after it when worth keeping (expandable segments split at 512 bytes).
@@ -122,12 +120,7 @@ impl StreamPools {
             "a split take from an oversize block"
         );
         let i = t.block;
-        if t.deferred {
-            self.book_deferred_free(i);
-        }
-        self.book_cycles();
-        self.last_take.parked = false;
-        self.last_take.deferred = false;
+        self.unpark(true);
         // The settle's coalescing (`merge_mapped_free`, then `coalesce`): the piece out,
         // merged, the whole booked as a free block.
         self.inactive_split_account(t.rest, false);

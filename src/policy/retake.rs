@@ -195,14 +195,21 @@ impl StreamPools {
     #[cold]
     fn settle_parked(&mut self) {
         let i = self.last_take.block;
-        if self.last_take.deferred {
-            self.book_deferred_free(i);
+        self.unpark(true);
+        self.last_take.block = NIL;
+        self.coalesce(i);
+    }
+
+    /// End the park as a settle does, before the parked block is coalesced or cut again:
+    /// its put-off free booked (if `book_free`; a caller that books it together with the
+    /// next take passes `false`) and the take's cycles booked.
+    pub(super) fn unpark(&mut self, book_free: bool) {
+        if book_free && self.last_take.deferred {
+            self.book_deferred_free(self.last_take.block);
         }
         self.book_cycles();
         self.last_take.parked = false;
         self.last_take.deferred = false;
-        self.last_take.block = NIL;
-        self.coalesce(i);
     }
 
     /// Book the free a park put off: what [`StreamPools::free`] and `return_block` book.
